@@ -1,0 +1,63 @@
+"""``serving`` command: run a config with the project's launch settings.
+
+    serving run configs/quickstart.yaml [--default-proxy]
+
+``run`` sets the fast-ingress environment (HAProxy + direct ingress, measured ~5x the default
+proxy's throughput on a 2-core machine) unless ``--default-proxy`` is given, starts a fresh
+local Ray instance (never attaching to someone else's), and replaces itself with ``serve run``
+so Ctrl-C / SIGINT stops Serve cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+FAST_INGRESS = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
+BASE_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",  # loopback-only by default; see README before exposing it
+    "RAY_ADDRESS": "local",  # a new Ray instance, not whatever cluster happens to run here
+}
+
+
+def launch_env(*, fast_ingress: bool, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment ``serve run`` gets; explicit settings in ``base`` win."""
+    env = dict(os.environ if base is None else base)
+    defaults = {**BASE_ENV, **(FAST_INGRESS if fast_ingress else {})}
+    for key, value in defaults.items():
+        env.setdefault(key, value)
+    if not fast_ingress:
+        for key in FAST_INGRESS:
+            env[key] = "0"
+    return env
+
+
+def serve_command(config: Path) -> list[str]:
+    serve = shutil.which("serve", path=str(Path(sys.executable).parent)) or shutil.which("serve")
+    if serve is None:
+        raise SystemExit("the 'serve' command (ray[serve]) is not installed in this environment")
+    return [serve, "run", str(config)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="serving", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="serve a config (blocks; Ctrl-C stops)")
+    run.add_argument("config", type=Path)
+    run.add_argument(
+        "--default-proxy", action="store_true", help="use Ray Serve's Python proxy instead"
+    )
+    args = parser.parse_args(argv)
+    if not args.config.is_file():
+        parser.error(f"config file {args.config} does not exist")
+    command = serve_command(args.config)
+    os.execve(command[0], command, launch_env(fast_ingress=not args.default_proxy))
+    return 0  # unreachable: execve replaces the process
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Validated configuration: the gateway's settings (Serve YAML ``args``) and the model repository.
+
+Everything is checked when the application is built, so a bad value stops ``serve run`` with a
+message naming the field and the value, never a failure at request time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from serving.errors import ConfigError
+from serving.protocol.tensors import DATATYPES
+
+Datatype = Literal[tuple(DATATYPES)]  # type: ignore[valid-type]
+Dim = Annotated[int, Field(ge=-1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    """One input or output tensor; ``shape`` includes the batch dim; ``-1`` is dynamic."""
+
+    name: str = Field(min_length=1, description="Tensor name as in the ONNX graph.")
+    datatype: Datatype = Field(description="OIP datatype, e.g. FP32, INT64, BYTES.")
+    shape: list[Dim] = Field(min_length=1, description="Full shape; -1 marks a dynamic dim.")
+
+
+class ModelSpec(_Strict):
+    """``models/<name>/config.yaml``, Triton-style, plus the resolved version and file."""
+
+    name: str = Field(description="Model name; must equal its folder name.")
+    platform: Literal["onnxruntime_onnx"] = Field(
+        default="onnxruntime_onnx", description="Runtime that serves the model."
+    )
+    max_batch_size: int = Field(
+        default=0, ge=0, description="Most rows one execution may take; 0 = no batching dim."
+    )
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    default_slo_class: str | None = Field(default=None, description="SLO class if none given.")
+    residency: Literal["any", "onprem"] = Field(
+        default="any", description="'onprem': this model's data never goes to a cloud pool."
+    )
+    version: str = Field(default="1", description="Served version (newest folder on disk).")
+    path: Path = Field(default=Path("."), description="Resolved model file.")
+
+    @model_validator(mode="after")
+    def _batch_dims(self) -> ModelSpec:
+        if self.max_batch_size > 0:
+            for tensor in (*self.inputs, *self.outputs):
+                if tensor.shape[0] != -1:
+                    raise ValueError(
+                        f"max_batch_size={self.max_batch_size} but tensor '{tensor.name}' "
+                        f"has fixed first dim {tensor.shape[0]} (must be -1, the batch dim)"
+                    )
+        return self
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.inputs if t.name == name), None)
+
+
+class SLOClass(_Strict):
+    latency_ms: float = Field(gt=0, description="End-to-end latency target in milliseconds.")
+    priority: int = Field(default=1, ge=0, description="0 is the most important.")
+
+
+class PoolConfig(_Strict):
+    """A place workers run: on-prem or cloud, CPU or GPU, with a capacity and a cost model."""
+
+    location: Literal["onprem", "cloud"] = Field(default="onprem")
+    device: Literal["cpu", "gpu"] = Field(default="cpu")
+    min_replicas: int = Field(default=1, ge=0, description="Replicas per model, at least.")
+    max_replicas: int = Field(default=1, ge=1, description="Replicas per model, at most.")
+    num_cpus_per_replica: float = Field(default=1.0, ge=0, description="Ray CPUs per replica.")
+    num_gpus_per_replica: float = Field(default=0.0, ge=0, description="Ray GPUs per replica.")
+    intra_op_num_threads: int = Field(default=1, ge=1, description="ONNX Runtime threads.")
+    max_batches_in_flight: int = Field(
+        default=2, ge=1, description="Batches one replica holds; more queue in the gateway."
+    )
+    price_per_hour: float = Field(default=0.0, ge=0, description="Cloud $ per replica-hour.")
+    power_w: float = Field(default=0.0, ge=0, description="On-prem watts per replica.")
+    pue: float = Field(default=1.0, ge=1, description="Data-centre power usage effectiveness.")
+    energy_price_per_kwh: float = Field(default=0.0, ge=0, description="On-prem $ per kWh.")
+
+    @model_validator(mode="after")
+    def _replicas(self) -> PoolConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas={self.min_replicas} exceeds max_replicas={self.max_replicas}"
+            )
+        return self
+
+
+DEFAULT_SLO_CLASSES = {
+    "realtime": SLOClass(latency_ms=50, priority=0),
+    "standard": SLOClass(latency_ms=250, priority=1),
+    "batch": SLOClass(latency_ms=5000, priority=2),
+}
+
+
+class GatewayConfig(_Strict):
+    """The application's ``args`` in a Serve YAML file."""
+
+    model_repository: Path = Field(default=Path("models"), description="Model repository root.")
+    models: list[str] = Field(min_length=1, description="Models to serve (folder names).")
+    pools: dict[str, PoolConfig] = Field(
+        default_factory=lambda: {"onprem-cpu": PoolConfig()},
+        min_length=1,
+        description="Worker pools by name, in order of preference.",
+    )
+    slo_classes: dict[str, SLOClass] = Field(default_factory=lambda: dict(DEFAULT_SLO_CLASSES))
+    default_slo_class: str = Field(default="standard")
+    max_request_bytes: int = Field(
+        default=64 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above)."
+    )
+    gateway_replicas: int = Field(default=1, ge=1, description="Gateway (ingress) replicas.")
+    gateway_max_ongoing_requests: int = Field(
+        default=1024, ge=1, description="Concurrent requests one gateway replica accepts."
+    )
+    worker_timeout_s: float = Field(
+        default=30.0, gt=0, description="Longest a worker call may take before 504."
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _unique(cls, models: list[str]) -> list[str]:
+        duplicates = sorted({m for m in models if models.count(m) > 1})
+        if duplicates:
+            raise ValueError(f"models listed twice: {duplicates}")
+        return models
+
+    @model_validator(mode="after")
+    def _default_class(self) -> GatewayConfig:
+        if self.default_slo_class not in self.slo_classes:
+            raise ValueError(
+                f"default_slo_class='{self.default_slo_class}' is not one of slo_classes "
+                f"{sorted(self.slo_classes)}"
+            )
+        return self
+
+
+def _format(error: ValidationError, source: str) -> str:
+    lines = [f"invalid {source}:"]
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        value = item.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r:.80})"
+        lines.append(f"  {where}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def parse_gateway_config(args: dict[str, Any]) -> GatewayConfig:
+    """Validate the Serve ``args``; raises :class:`ConfigError` naming each bad field."""
+    try:
+        return GatewayConfig.model_validate(args)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, "gateway config")) from None
+
+
+def _newest_version(folder: Path) -> str:
+    versions = sorted(
+        (p.name for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=int
+    )
+    if not versions:
+        raise ConfigError(f"model '{folder.name}': no numeric version folder under {folder}")
+    return versions[-1]
+
+
+def load_model_spec(repository: Path, name: str) -> ModelSpec:
+    """Read and check ``<repository>/<name>/config.yaml`` and its newest ``model.onnx``."""
+    folder = repository.resolve() / name
+    config_file = folder / "config.yaml"
+    if not config_file.is_file():
+        known = (
+            sorted(p.name for p in repository.iterdir() if (p / "config.yaml").is_file())
+            if repository.is_dir()
+            else []
+        )
+        raise ConfigError(
+            f"models: unknown model '{name}': {config_file} does not exist "
+            f"(repository {repository} has {known})"
+        )
+    raw = yaml.safe_load(config_file.read_text()) or {}
+    version = _newest_version(folder)
+    raw.update(version=version, path=folder / version / "model.onnx")
+    try:
+        spec = ModelSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, str(config_file))) from None
+    if spec.name != name:
+        raise ConfigError(f"{config_file}: name='{spec.name}' differs from its folder '{name}'")
+    if not spec.path.is_file():
+        raise ConfigError(
+            f"model '{name}': missing file {spec.path} (build it: python models/build.py {name})"
+        )
+    return spec
+
+
+def load_repository(config: GatewayConfig) -> dict[str, ModelSpec]:
+    """Every configured model's spec, cross-checked against the gateway's SLO classes."""
+    specs = {name: load_model_spec(config.model_repository, name) for name in config.models}
+    for spec in specs.values():
+        if spec.default_slo_class and spec.default_slo_class not in config.slo_classes:
+            raise ConfigError(
+                f"model '{spec.name}': default_slo_class='{spec.default_slo_class}' is not one "
+                f"of slo_classes {sorted(config.slo_classes)}"
+            )
+    return specs

@@ -1,0 +1,158 @@
+"""The data plane: health, metadata and inference with no protocol code.
+
+REST and gRPC adapters decode their wire format into :class:`InferRequest`, call this, and
+encode the :class:`InferResult`; validation against the model repository happens here, once.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from serving import __version__
+from serving.config import GatewayConfig, ModelSpec, TensorSpec
+from serving.errors import InvalidRequest, ModelNotFound, ServingError
+from serving.protocol.tensors import oip_datatype
+from serving.protocol.types import (
+    InferRequest,
+    InferResult,
+    MetadataModelResponse,
+    MetadataServerResponse,
+    MetadataTensor,
+)
+
+Tensors = dict[str, np.ndarray]
+EXTENSIONS = ["binary_tensor_data"]
+
+
+class Workers(Protocol):
+    """How the data plane reaches model workers (Ray handles in production, fakes in tests)."""
+
+    async def infer(self, model: str, batch: list[Tensors]) -> list[Tensors | ServingError]:
+        """Run ``batch`` (one entry per request) on a worker of ``model``; one result each."""
+        ...
+
+    async def ready(self, model: str) -> bool:
+        """Whether a worker of ``model`` can take requests now."""
+        ...
+
+
+def _metadata(tensors: list[TensorSpec]) -> list[MetadataTensor]:
+    return [MetadataTensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in tensors]
+
+
+class DataPlane:
+    """Protocol-independent operations of the Open Inference Protocol."""
+
+    def __init__(
+        self, config: GatewayConfig, specs: dict[str, ModelSpec], workers: Workers
+    ) -> None:
+        self.config = config
+        self.specs = specs
+        self.workers = workers
+
+    def live(self) -> bool:
+        return True
+
+    async def ready(self) -> bool:
+        """Ready when every configured model is ready."""
+        for name in self.specs:
+            if not await self.workers.ready(name):
+                return False
+        return True
+
+    def server_metadata(self) -> MetadataServerResponse:
+        return MetadataServerResponse(name="serving", version=__version__, extensions=EXTENSIONS)
+
+    def spec(self, name: str, version: str | None = None) -> ModelSpec:
+        """The model's spec; :class:`ModelNotFound` for an unknown name or version."""
+        spec = self.specs.get(name)
+        if spec is None:
+            raise ModelNotFound(f"unknown model '{name}' (serving: {', '.join(self.specs)})")
+        if version not in (None, "", spec.version):
+            raise ModelNotFound(
+                f"model '{name}' has no version '{version}' (available: {spec.version})"
+            )
+        return spec
+
+    def model_metadata(self, name: str, version: str | None = None) -> MetadataModelResponse:
+        spec = self.spec(name, version)
+        return MetadataModelResponse(
+            name=spec.name,
+            versions=[spec.version],
+            platform=spec.platform,
+            inputs=_metadata(spec.inputs),
+            outputs=_metadata(spec.outputs),
+        )
+
+    async def model_ready(self, name: str, version: str | None = None) -> bool:
+        self.spec(name, version)
+        return await self.workers.ready(name)
+
+    async def infer(self, request: InferRequest) -> InferResult:
+        """Validate ``request`` against its model, run it, and return the requested outputs."""
+        spec = self.spec(request.model, request.version)
+        validate_inputs(spec, request.inputs)
+        wanted = validate_outputs(spec, request.outputs)
+        (result,) = await self.workers.infer(spec.name, [request.inputs])
+        if isinstance(result, ServingError):
+            raise result
+        return InferResult(
+            model=spec.name,
+            version=spec.version,
+            id=request.id,
+            outputs={name: result[name] for name in wanted},
+        )
+
+
+def validate_inputs(spec: ModelSpec, inputs: Tensors) -> None:
+    """Check names, datatypes, shapes and batch size; raise :class:`InvalidRequest` on any."""
+    declared = {t.name for t in spec.inputs}
+    unknown = sorted(set(inputs) - declared)
+    if unknown:
+        raise InvalidRequest(
+            f"model '{spec.name}' has no input(s) {unknown} (expects {sorted(declared)})"
+        )
+    batch: int | None = None
+    for tensor in spec.inputs:
+        array = inputs.get(tensor.name)
+        if array is None:
+            raise InvalidRequest(f"model '{spec.name}': missing input '{tensor.name}'")
+        datatype = oip_datatype(array)
+        if datatype != tensor.datatype:
+            raise InvalidRequest(
+                f"model '{spec.name}': input '{tensor.name}' must be {tensor.datatype}, "
+                f"got {datatype}"
+            )
+        shape = list(array.shape)
+        if len(shape) != len(tensor.shape) or any(
+            want not in (-1, got) for want, got in zip(tensor.shape, shape, strict=True)
+        ):
+            raise InvalidRequest(
+                f"model '{spec.name}': input '{tensor.name}' must have shape {tensor.shape}, "
+                f"got {shape}"
+            )
+        if spec.max_batch_size > 0:
+            if batch is not None and shape[0] != batch:
+                raise InvalidRequest(
+                    f"model '{spec.name}': inputs disagree on batch size ({batch} vs "
+                    f"{shape[0]} for '{tensor.name}')"
+                )
+            batch = shape[0]
+    if spec.max_batch_size > 0 and batch is not None and not 1 <= batch <= spec.max_batch_size:
+        raise InvalidRequest(
+            f"model '{spec.name}': batch size {batch} outside 1..{spec.max_batch_size} "
+            "(max_batch_size)"
+        )
+
+
+def validate_outputs(spec: ModelSpec, requested: list[str] | None) -> list[str]:
+    """The output names to return, in request order; all outputs when none were requested."""
+    names = [t.name for t in spec.outputs]
+    if not requested:
+        return names
+    unknown = [name for name in requested if name not in names]
+    if unknown:
+        raise InvalidRequest(f"model '{spec.name}' has no output(s) {unknown} (has {names})")
+    return requested

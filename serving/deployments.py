@@ -1,0 +1,171 @@
+"""The Ray layer: ``Gateway`` ingress and ``ModelWorker`` deployments, and ``build_app``.
+
+This is the only module that imports ``ray``. ``serve run configs/<name>.yaml`` calls
+:func:`build_app` with the YAML's ``args``; everything is validated before anything deploys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import ray
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request
+from starlette.responses import Response
+
+from serving.config import (
+    GatewayConfig,
+    ModelSpec,
+    PoolConfig,
+    load_repository,
+    parse_gateway_config,
+)
+from serving.dataplane import DataPlane, Tensors
+from serving.errors import BackendError, DeadlineExceeded, ModelNotReady, ServingError
+from serving.protocol.rest import RestAdapter
+from serving.runtimes.onnx import OnnxRuntime
+from serving.telemetry import metrics
+from serving.worker import Result, Worker
+
+logger = logging.getLogger(__name__)
+READY_TTL_S = 1.0  # how long a readiness answer is reused
+READY_TIMEOUT_S = 2.0
+
+
+@serve.deployment
+class ModelWorker:
+    """Serves one model on one pool; takes whole batches (one handle call per batch)."""
+
+    def __init__(self, spec: ModelSpec, pool_name: str, pool: PoolConfig) -> None:
+        runtime = OnnxRuntime(
+            spec, device=pool.device, intra_op_num_threads=pool.intra_op_num_threads
+        )
+        self.worker = Worker(runtime)
+        self.worker.start()
+        logger.info("worker %s on %s ready (%s)", spec.name, pool_name, runtime.providers)
+
+    async def infer_batch(self, batch: list[Tensors]) -> tuple[list[Result], float]:
+        return self.worker.infer_batch(batch)
+
+    def ready(self) -> bool:
+        return True
+
+
+class RayWorkers:
+    """The data plane's :class:`~serving.dataplane.Workers`, over Ray deployment handles."""
+
+    def __init__(self, handles: dict[str, dict[str, DeploymentHandle]], timeout_s: float):
+        self.handles = handles
+        self.timeout_s = timeout_s
+        self._ready: dict[str, tuple[float, bool]] = {}
+
+    def _pick(self, model: str) -> tuple[str, DeploymentHandle]:
+        # Routing across pools arrives with the router; until then, the first pool serves.
+        return next(iter(self.handles[model].items()))
+
+    async def infer(self, model: str, batch: list[Tensors]) -> list[Result]:
+        pool, handle = self._pick(model)
+        response = handle.infer_batch.remote(batch)
+        try:
+            results, seconds = await asyncio.wait_for(response, self.timeout_s)
+        except TimeoutError:
+            response.cancel()
+            raise DeadlineExceeded(
+                f"model '{model}' on pool '{pool}' did not answer within {self.timeout_s}s"
+            ) from None
+        except ray.exceptions.RayTaskError as exc:
+            raise BackendError(
+                f"worker for model '{model}' on pool '{pool}' failed: {exc}"
+            ) from None
+        except ray.exceptions.RayError as exc:
+            raise ModelNotReady(
+                f"no worker for model '{model}' on pool '{pool}' is available: {exc}"
+            ) from None
+        metrics.BATCH_EXECUTION.labels(model, pool).observe(seconds)
+        metrics.BATCH_SIZE.labels(model, pool).observe(sum(_rows(r) for r in batch))
+        return results
+
+    async def ready(self, model: str) -> bool:
+        now = time.monotonic()
+        cached = self._ready.get(model)
+        if cached and now - cached[0] < READY_TTL_S:
+            return cached[1]
+        _, handle = self._pick(model)
+        try:
+            ready = bool(await asyncio.wait_for(handle.ready.remote(), READY_TIMEOUT_S))
+        except (TimeoutError, ray.exceptions.RayError):
+            ready = False
+        self._ready[model] = (time.monotonic(), ready)
+        return ready
+
+
+def _rows(request: Tensors) -> int:
+    return next(iter(request.values())).shape[0] if request else 0
+
+
+@serve.deployment
+class Gateway:
+    """Ingress: the OIP HTTP adapter over the data plane."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        specs: dict[str, ModelSpec],
+        workers: dict[str, dict[str, DeploymentHandle]],
+    ) -> None:
+        self.dataplane = DataPlane(config, specs, RayWorkers(workers, config.worker_timeout_s))
+        self.rest = RestAdapter(self.dataplane, max_request_bytes=config.max_request_bytes)
+
+    async def __call__(self, request: Request) -> Response:
+        return await self.rest.handle(request)
+
+
+def _worker_options(model: str, pool_name: str, pool: PoolConfig) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "name": f"worker-{model}-{pool_name}",
+        "max_ongoing_requests": pool.max_batches_in_flight,
+        "ray_actor_options": {
+            "num_cpus": pool.num_cpus_per_replica,
+            "num_gpus": pool.num_gpus_per_replica,
+        },
+    }
+    if pool.min_replicas == pool.max_replicas:
+        options["num_replicas"] = pool.min_replicas
+    else:
+        options["autoscaling_config"] = {
+            "min_replicas": pool.min_replicas,
+            "max_replicas": pool.max_replicas,
+            "target_ongoing_requests": pool.max_batches_in_flight,
+        }
+    return options
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Validate the gateway config and model repository, then bind the application graph."""
+    config = parse_gateway_config(args)
+    specs = load_repository(config)
+    workers = {
+        name: {
+            pool_name: ModelWorker.options(**_worker_options(name, pool_name, pool)).bind(
+                spec, pool_name, pool
+            )
+            for pool_name, pool in config.pools.items()
+            if not (spec.residency == "onprem" and pool.location == "cloud")
+        }
+        for name, spec in specs.items()
+    }
+    stranded = sorted(name for name, pools in workers.items() if not pools)
+    if stranded:
+        raise ValueError(f"models {stranded} have residency 'onprem' but no on-prem pool exists")
+    return Gateway.options(
+        num_replicas=config.gateway_replicas,
+        max_ongoing_requests=config.gateway_max_ongoing_requests,
+        ray_actor_options={"num_cpus": 0},
+    ).bind(config, specs, workers)
+
+
+__all__ = ["build_app", "Gateway", "ModelWorker", "RayWorkers", "ServingError"]

@@ -1,0 +1,267 @@
+"""Open Inference Protocol over HTTP: decode, delegate to the data plane, encode.
+
+Supports JSON tensors and the binary tensor extension (``Inference-Header-Content-Length``,
+``binary_data_size``, ``binary_data`` / ``binary_data_output``), gzip/deflate request bodies,
+and a body-size limit. Every error becomes ``{"error": "..."}`` with the status from
+:mod:`serving.errors`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from serving.dataplane import DataPlane
+from serving.errors import InvalidRequest, PayloadTooLarge, ServingError
+from serving.protocol import tensors
+from serving.protocol.types import InferenceRequest, InferRequest, InferResult
+from serving.telemetry import metrics
+
+logger = logging.getLogger(__name__)
+
+HEADER_LENGTH = "inference-header-content-length"
+JSON = "application/json"
+Handler = Callable[..., Awaitable[Response]]
+_MODEL = r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
+_DECOMPRESSORS: dict[str, int] = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def json_response(
+    payload: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    return Response(body, status_code=status, media_type=JSON, headers=headers)
+
+
+def error_response(error: ServingError) -> Response:
+    headers = None
+    if error.retry_after_s is not None:
+        headers = {"Retry-After": str(max(1, round(error.retry_after_s)))}
+    return json_response({"error": error.message}, int(error.status), headers)
+
+
+class RestAdapter:
+    """Routes ``/v2/...`` requests to a :class:`DataPlane`."""
+
+    def __init__(self, dataplane: DataPlane, *, max_request_bytes: int) -> None:
+        self.dataplane = dataplane
+        self.max_request_bytes = max_request_bytes
+        self.routes: list[tuple[str, re.Pattern[str], Handler]] = [
+            ("GET", re.compile(r"/v2/?"), self.server_metadata),
+            ("GET", re.compile(r"/v2/health/live"), self.live),
+            ("GET", re.compile(r"/v2/health/ready"), self.ready),
+            ("GET", re.compile(_MODEL + r"/?"), self.model_metadata),
+            ("GET", re.compile(_MODEL + r"/ready"), self.model_ready),
+            ("POST", re.compile(_MODEL + r"/infer"), self.infer),
+            ("GET", re.compile(r"/metrics"), self.metrics),
+        ]
+
+    async def handle(self, request: Request) -> Response:
+        """Answer one HTTP request; never raises."""
+        path, method = request.url.path, request.method
+        allowed = []
+        for route_method, pattern, handler in self.routes:
+            match = pattern.fullmatch(path)
+            if match is None:
+                continue
+            if route_method != method:
+                allowed.append(route_method)
+                continue
+            try:
+                return await handler(request, **match.groupdict())
+            except ServingError as error:
+                return error_response(error)
+            except Exception:
+                logger.exception("unexpected error on %s %s", method, path)
+                return json_response({"error": f"internal error handling {method} {path}"}, 500)
+        if allowed:
+            return json_response(
+                {"error": f"method {method} not allowed on {path}"}, 405, {"Allow": allowed[0]}
+            )
+        return json_response({"error": f"no route for {method} {path}"}, 404)
+
+    async def server_metadata(self, request: Request) -> Response:
+        return json_response(self.dataplane.server_metadata().model_dump())
+
+    async def live(self, request: Request) -> Response:
+        return json_response({"live": self.dataplane.live()})
+
+    async def ready(self, request: Request) -> Response:
+        ready = await self.dataplane.ready()
+        return json_response({"ready": ready}, 200 if ready else 503)
+
+    async def model_metadata(self, request: Request, model: str, version: str | None) -> Response:
+        return json_response(self.dataplane.model_metadata(model, version).model_dump())
+
+    async def model_ready(self, request: Request, model: str, version: str | None) -> Response:
+        ready = await self.dataplane.model_ready(model, version)
+        return json_response({"name": model, "ready": ready}, 200 if ready else 503)
+
+    async def metrics(self, request: Request) -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    async def infer(self, request: Request, model: str, version: str | None) -> Response:
+        start = time.monotonic()
+        label = model if model in self.dataplane.specs else metrics.UNKNOWN_MODEL
+        status = HTTPStatus.INTERNAL_SERVER_ERROR
+        try:
+            body = await self._read_body(request)
+            infer_request, binary_outputs = decode_infer_request(
+                body, request.headers.get(HEADER_LENGTH), model, version
+            )
+            result = await self.dataplane.infer(infer_request)
+            response = encode_infer_response(result, binary_outputs)
+            status = HTTPStatus.OK
+            return response
+        except ServingError as error:
+            status = error.status
+            raise
+        finally:
+            metrics.observe_request(label, "http", status, time.monotonic() - start)
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(
+                f"request body of {declared} bytes exceeds the {limit}-byte limit"
+            )
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        encoding = request.headers.get("content-encoding", "identity").lower()
+        if encoding in ("", "identity"):
+            return body
+        if encoding not in _DECOMPRESSORS:
+            raise InvalidRequest(f"unsupported Content-Encoding '{encoding}' (gzip, deflate)")
+        inflater = zlib.decompressobj(_DECOMPRESSORS[encoding])
+        try:
+            plain = inflater.decompress(body, limit + 1)
+        except zlib.error as exc:
+            raise InvalidRequest(f"request body is not valid {encoding}: {exc}") from None
+        if len(plain) > limit:
+            raise PayloadTooLarge(f"decompressed request body exceeds the {limit}-byte limit")
+        return plain
+
+
+def _header_length(value: str | None, body_length: int) -> int:
+    if value is None:
+        return body_length
+    if not value.strip().isdigit() or int(value) > body_length:
+        raise InvalidRequest(
+            f"Inference-Header-Content-Length '{value}' is not a length within the "
+            f"{body_length}-byte body"
+        )
+    return int(value)
+
+
+def _validation_message(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    detail = f"{where}: {first['msg']}" if where else first["msg"]
+    return f"malformed inference request: {detail}"
+
+
+def decode_infer_request(
+    body: bytes, header_length: str | None, model: str, version: str | None
+) -> tuple[InferRequest, dict[str, bool]]:
+    """Decode a JSON or binary-extension body; also return which outputs want binary data."""
+    json_length = _header_length(header_length, len(body))
+    try:
+        message = InferenceRequest.model_validate_json(body[:json_length])
+    except ValidationError as error:
+        raise InvalidRequest(_validation_message(error)) from None
+    view = memoryview(body)
+    offset = json_length
+    inputs = {}
+    for item in message.inputs:
+        if item.name in inputs:
+            raise InvalidRequest(f"input '{item.name}' appears twice")
+        size = (item.parameters or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(body):
+                raise InvalidRequest(
+                    f"input '{item.name}': binary_data_size {size} exceeds the "
+                    f"{len(body) - offset} bytes of binary data left"
+                )
+            array = tensors.decode_binary(
+                item.name, item.datatype, item.shape, view[offset : offset + size]
+            )
+            offset += size
+        elif item.data is not None:
+            array = tensors.decode_json(item.name, item.datatype, item.shape, item.data)
+        else:
+            raise InvalidRequest(f"input '{item.name}' has neither data nor binary_data_size")
+        inputs[item.name] = array
+    if offset != len(body):
+        raise InvalidRequest(f"{len(body) - offset} bytes of binary data follow the last input")
+    params = message.parameters or {}
+    default_binary = bool(params.get("binary_data_output", False))
+    binary: dict[str, bool] = {}
+    requested = None
+    if message.outputs:
+        requested = []
+        for output in message.outputs:
+            out_params = output.parameters or {}
+            if out_params.get("classification"):
+                raise InvalidRequest(f"output '{output.name}': classification is not supported")
+            binary[output.name] = bool(out_params.get("binary_data", default_binary))
+            requested.append(output.name)
+    request = InferRequest(
+        model=model,
+        version=version,
+        inputs=inputs,
+        id=message.id,
+        outputs=requested,
+        parameters=params,
+    )
+    return request, binary if requested else {"*": default_binary}
+
+
+def encode_infer_response(result: InferResult, binary: dict[str, bool]) -> Response:
+    """JSON response, or JSON header + raw tensors when any output asked for binary data."""
+    default = binary.get("*", False)
+    outputs, blobs = [], []
+    for name, array in result.outputs.items():
+        entry: dict[str, Any] = {
+            "name": name,
+            "datatype": tensors.oip_datatype(array),
+            "shape": list(array.shape),
+        }
+        if binary.get(name, default):
+            blob = tensors.encode_binary(array)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = tensors.encode_json(array)
+        outputs.append(entry)
+    payload: dict[str, Any] = {
+        "model_name": result.model,
+        "model_version": result.version,
+        "outputs": outputs,
+    }
+    if result.id is not None:
+        payload["id"] = result.id
+    header = json.dumps(payload, separators=(",", ":")).encode()
+    if not blobs:
+        return Response(header, media_type=JSON)
+    return Response(
+        b"".join([header, *blobs]),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )

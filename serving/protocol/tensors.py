@@ -1,0 +1,181 @@
+"""Tensor conversions between the Open Inference Protocol and numpy.
+
+One lookup table (:data:`DATATYPES`) drives every conversion. JSON tensors carry ``data`` as a
+flat or nested list (BYTES as strings); the binary tensor extension carries raw little-endian
+bytes, BYTES elements each prefixed by a 4-byte little-endian length. Every decoder checks the
+element count against the declared shape and raises :class:`InvalidRequest` naming the tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from serving.errors import InvalidRequest
+
+# OIP datatype -> numpy dtype (explicitly little-endian: the wire format is little-endian).
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype("bool"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype("object"),
+}
+# numpy kind+itemsize -> OIP datatype; strings and bytes arrays map to BYTES.
+_BY_NUMPY: dict[tuple[str, int], str] = {
+    (dt.kind, dt.itemsize): name for name, dt in DATATYPES.items() if name != "BYTES"
+}
+_LENGTH = struct.Struct("<I")
+
+
+def numpy_dtype(datatype: str, *, tensor: str = "?") -> np.dtype:
+    """The numpy dtype for an OIP datatype; unknown names raise :class:`InvalidRequest`."""
+    try:
+        return DATATYPES[datatype]
+    except KeyError:
+        raise InvalidRequest(
+            f"tensor '{tensor}': unsupported datatype '{datatype}' "
+            f"(supported: {', '.join(DATATYPES)})"
+        ) from None
+
+
+def oip_datatype(array: np.ndarray) -> str:
+    """The OIP datatype of a numpy array (object, str and bytes arrays are BYTES)."""
+    kind = array.dtype.kind
+    if kind in "OSU":
+        return "BYTES"
+    try:
+        return _BY_NUMPY[(kind, array.dtype.itemsize)]
+    except KeyError:
+        raise InvalidRequest(f"numpy dtype {array.dtype} has no OIP datatype") from None
+
+
+def element_count(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+def _to_bytes(value: Any, tensor: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise InvalidRequest(f"tensor '{tensor}': BYTES elements must be strings, got {value!r:.40}")
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    # Nested JSON data (row-major) -> flat list; flat lists pass through untouched.
+    if not data or not isinstance(data[0], list):
+        return data
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+    return flat
+
+
+def decode_json(name: str, datatype: str, shape: Sequence[int], data: list[Any]) -> np.ndarray:
+    """Decode a JSON tensor's ``data`` (flat or nested) into an array of ``shape``."""
+    dtype = numpy_dtype(datatype, tensor=name)
+    flat = _flatten(data)
+    expected = element_count(shape)
+    if len(flat) != expected:
+        raise InvalidRequest(
+            f"tensor '{name}': shape {list(shape)} needs {expected} elements, data has {len(flat)}"
+        )
+    if datatype == "BYTES":
+        array = np.empty(expected, dtype=object)
+        array[:] = [_to_bytes(v, name) for v in flat]
+        return array.reshape(shape)
+    if datatype == "BOOL" and not all(isinstance(v, bool) for v in flat):
+        raise InvalidRequest(f"tensor '{name}': BOOL data must be true/false")
+    try:
+        array = np.asarray(flat, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidRequest(f"tensor '{name}': data is not valid {datatype}: {exc}") from None
+    if dtype.kind in "iu" and any(isinstance(v, float) for v in flat):
+        raise InvalidRequest(f"tensor '{name}': {datatype} data must be integers")
+    return array.reshape(shape)
+
+
+def encode_json(array: np.ndarray) -> list[Any]:
+    """Flat JSON ``data`` for an array (BYTES decoded as UTF-8 strings)."""
+    if oip_datatype(array) == "BYTES":
+        return [
+            v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v)
+            for v in array.ravel()
+        ]
+    return array.ravel().tolist()
+
+
+def decode_binary(
+    name: str, datatype: str, shape: Sequence[int], buffer: bytes | memoryview
+) -> np.ndarray:
+    """Decode one tensor of the binary extension (raw bytes, length-prefixed BYTES)."""
+    dtype = numpy_dtype(datatype, tensor=name)
+    expected = element_count(shape)
+    if datatype == "BYTES":
+        return _decode_bytes_elements(name, shape, expected, memoryview(buffer))
+    if len(buffer) != expected * dtype.itemsize:
+        raise InvalidRequest(
+            f"tensor '{name}': shape {list(shape)} of {datatype} needs "
+            f"{expected * dtype.itemsize} bytes, got {len(buffer)}"
+        )
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+def _decode_bytes_elements(
+    name: str, shape: Sequence[int], expected: int, view: memoryview
+) -> np.ndarray:
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(view):
+        if offset + 4 > len(view):
+            raise InvalidRequest(f"tensor '{name}': truncated BYTES length prefix")
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise InvalidRequest(
+                f"tensor '{name}': BYTES element {len(items)} declares {length} bytes, "
+                f"only {len(view) - offset} remain"
+            )
+        items.append(bytes(view[offset : offset + length]))
+        offset += length
+    if len(items) != expected:
+        raise InvalidRequest(
+            f"tensor '{name}': shape {list(shape)} needs {expected} BYTES elements, "
+            f"got {len(items)}"
+        )
+    array = np.empty(expected, dtype=object)
+    array[:] = items
+    return array.reshape(shape)
+
+
+def encode_binary(array: np.ndarray) -> bytes:
+    """Raw bytes of an array for the binary extension."""
+    datatype = oip_datatype(array)
+    if datatype == "BYTES":
+        parts: list[bytes] = []
+        for value in array.ravel():
+            raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+            parts.append(_LENGTH.pack(len(raw)))
+            parts.append(raw)
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=DATATYPES[datatype]).tobytes()

@@ -1,0 +1,78 @@
+"""What a model worker replica does with a batch: merge, execute, split, time.
+
+Plain Python around a :class:`Runtime`, so it is unit-testable without Ray; the Ray
+deployment in :mod:`serving.deployments` only wraps it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from serving.batching.merge import group_compatible, merge, rows, split
+from serving.errors import BackendError, ServingError
+from serving.runtimes.base import Runtime, Tensors
+
+Result = Tensors | ServingError
+
+
+class Worker:
+    """Executes batches of requests on one runtime; one result (or error) per request."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.max_rows = max(runtime.spec.max_batch_size, 1)
+
+    def start(self) -> None:
+        self.runtime.load()
+
+    def stop(self) -> None:
+        self.runtime.unload()
+
+    def infer_batch(self, batch: list[Tensors]) -> tuple[list[Result], float]:
+        """Run every request of ``batch``; return results in order and total execution seconds.
+
+        Compatible requests share one execution. If a shared execution fails, its requests
+        are retried one by one so that only the request at fault gets the error.
+        """
+        results: list[Result | None] = [None] * len(batch)
+        elapsed = 0.0
+        for group in group_compatible(batch, self.max_rows):
+            members = [batch[i] for i in group]
+            try:
+                outputs, seconds = self._execute(members)
+                elapsed += seconds
+                for index, output in zip(group, outputs, strict=True):
+                    results[index] = output
+            except ServingError as error:
+                if len(group) == 1:
+                    results[group[0]] = error
+                    continue
+                for index in group:  # isolate the offending request
+                    try:
+                        (results[index],), seconds = self._execute([batch[index]])
+                        elapsed += seconds
+                    except ServingError as single_error:
+                        results[index] = single_error
+        return [r for r in results if r is not None], elapsed
+
+    def _execute(self, requests: list[Tensors]) -> tuple[list[Tensors], float]:
+        merged, counts = merge(requests)
+        start = time.perf_counter()
+        try:
+            outputs = self.runtime.infer(merged)
+        except ServingError:
+            raise
+        except Exception as exc:  # a runtime bug must not take the replica down
+            raise BackendError(f"model '{self.runtime.spec.name}' failed: {exc}") from exc
+        seconds = time.perf_counter() - start
+        expected = sum(counts)
+        for name, array in outputs.items():
+            if self.runtime.spec.max_batch_size > 0 and array.shape[0] != expected:
+                raise BackendError(
+                    f"model '{self.runtime.spec.name}': output '{name}' has {array.shape[0]} "
+                    f"rows for {expected} input rows"
+                )
+        return split(outputs, counts), seconds
+
+
+__all__ = ["Worker", "Result", "rows"]
