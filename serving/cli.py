@@ -16,6 +16,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import yaml
+
 FAST_INGRESS = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
 BASE_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -43,6 +45,30 @@ def serve_command(config: Path) -> list[str]:
     return [serve, "run", str(config)]
 
 
+def check_config(path: Path) -> list[str]:
+    """Validate every gateway application in a Serve YAML file; return the problems found.
+
+    ``serve run`` builds applications inside the Serve controller, where a bad value only
+    shows up as a failed deployment in the logs; checking here stops the start at once.
+    """
+    from serving.config import load_repository, parse_gateway_config
+    from serving.errors import ConfigError
+
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        return [f"{path}: not valid YAML: {exc}"]
+    problems = []
+    for index, app in enumerate(document.get("applications") or []):
+        if app.get("import_path") != "serving.deployments:build_app":
+            continue
+        try:
+            load_repository(parse_gateway_config(app.get("args") or {}))
+        except ConfigError as exc:
+            problems.append(f"{path}: applications[{index}] ({app.get('name')}): {exc}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="serving", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.config.is_file():
         parser.error(f"config file {args.config} does not exist")
+    problems = check_config(args.config)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 2
     command = serve_command(args.config)
     os.execve(command[0], command, launch_env(fast_ingress=not args.default_proxy))
     return 0  # unreachable: execve replaces the process

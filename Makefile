@@ -1,0 +1,42 @@
+# Two commands on a fresh machine (Python 3.11 + package registries):
+#   make serve   set up, build the models, run the gateway on configs/quickstart.yaml
+#   make test    set up, build the models, lint, run the test suite
+# DEVICE=gpu installs onnxruntime-gpu *instead of* onnxruntime (never both).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+DEVICE ?= cpu
+CONFIG ?= configs/quickstart.yaml
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(DEVICE)
+
+.PHONY: setup models serve test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	@# The two ONNX Runtime builds write the same package folder: remove both, install one.
+	$(BIN)/python -m pip uninstall --quiet --yes onnxruntime onnxruntime-gpu
+	$(BIN)/python -m pip install --quiet -e '.[$(DEVICE),build,test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+models: $(STAMP)
+	PYTHONHASHSEED=0 $(BIN)/python models/build.py
+
+serve: models
+	$(BIN)/serving run $(CONFIG)
+
+lint: $(STAMP)
+	$(BIN)/ruff check serving tests models loadtests
+
+test: models lint
+	$(BIN)/pytest
+
+bench: models
+	$(BIN)/python loadtests/bench_ingress.py
+
+clean:
+	rm -rf $(VENV) models/*/[0-9]*/ models/minilm/tokenizer

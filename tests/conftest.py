@@ -1,0 +1,46 @@
+"""Shared fixtures. Ray's environment is set here, before any test module imports ray."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# Ray reads these when it starts (and some when ray.serve is imported): a private temp dir,
+# no auth token, no usage stats, the project's fast ingress, and fallback-proxy ports that
+# cannot collide with a gateway the developer runs on the default ports.
+_RAY_TMP = tempfile.mkdtemp(prefix="srv-", dir="/tmp")
+for _key, _value in {
+    "RAY_TMPDIR": _RAY_TMP,
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
+    "RAY_DEDUP_LOGS": "0",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_REPOSITORY = ROOT / "models"
+MODELS = ("digits", "minilm", "resnet18")
+
+
+@pytest.fixture(scope="session")
+def model_repository() -> Path:
+    missing = [m for m in MODELS if not (MODEL_REPOSITORY / m / "1" / "model.onnx").is_file()]
+    if missing:
+        pytest.fail(f"models {missing} not built: run `python models/build.py` (make test does)")
+    return MODEL_REPOSITORY

@@ -1,0 +1,65 @@
+"""One real Ray Serve application per test session, started from ``build_app`` like
+``serve run`` does, with the project's fast ingress (HAProxy + direct ingress)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ..conftest import free_port
+
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+
+
+def wait_ready(url: str, timeout_s: float, *, process=None) -> None:
+    """Poll ``/v2/health/ready`` until 200; fail after ``timeout_s`` or if ``process`` dies."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode} before it was ready")
+        try:
+            response = httpx.get(f"http://{url}/v2/health/ready", timeout=2)
+            if response.status_code == 200:
+                return
+            last = f"{response.status_code} {response.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.5)
+    pytest.fail(f"gateway at {url} not ready after {timeout_s}s: {last}")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    import ray
+
+    ray.init(address="local", include_dashboard=False, logging_level="warning",
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def gateway_url(ray_cluster: None, model_repository: Path) -> Iterator[str]:
+    """``host:port`` of a running gateway serving digits, minilm and resnet18."""
+    from ray import serve
+
+    from serving.deployments import build_app
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = build_app({
+        "model_repository": str(model_repository),
+        "models": ["digits", "minilm", "resnet18"],
+        "max_request_bytes": MAX_REQUEST_BYTES,
+        "pools": {"onprem-cpu": {"num_cpus_per_replica": 0.5}},
+    })
+    serve.run(app, name="gateway", route_prefix="/", blocking=False)
+    url = f"127.0.0.1:{port}"
+    wait_ready(url, 120)
+    yield url
+    serve.shutdown()

@@ -1,0 +1,151 @@
+"""Unmodified tritonclient.http against the real Ray Serve gateway: predictions equal direct
+ONNX Runtime on the same inputs, for every model, JSON and binary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.http as httpclient
+import yaml
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def client(gateway_url: str) -> httpclient.InferenceServerClient:
+    return httpclient.InferenceServerClient(gateway_url, concurrency=8, network_timeout=60)
+
+
+@pytest.fixture(scope="module")
+def reference(model_repository: Path):
+    """Direct ONNX Runtime on the same model files: the ground truth."""
+    sessions = {}
+
+    def run(model: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if model not in sessions:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            sessions[model] = ort.InferenceSession(
+                str(model_repository / model / "1" / "model.onnx"), options,
+                providers=["CPUExecutionProvider"])
+        session = sessions[model]
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, feeds), strict=True))
+
+    return run
+
+
+def tokenize(model_repository: Path, sentences: list[str], length: int) -> dict[str, np.ndarray]:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_repository / "minilm/tokenizer/tokenizer.json"))
+    tokenizer.enable_padding(length=length)
+    tokenizer.enable_truncation(max_length=length)
+    encoded = tokenizer.encode_batch(sentences)
+    return {
+        "input_ids": np.array([e.ids for e in encoded], np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encoded], np.int64),
+    }
+
+
+def infer(client, model: str, feeds: dict[str, np.ndarray], *, binary: bool, **kwargs):
+    inputs = []
+    for name, array in feeds.items():
+        item = httpclient.InferInput(name, list(array.shape),
+                                     {np.float32: "FP32", np.int64: "INT64"}[array.dtype.type])
+        item.set_data_from_numpy(array, binary_data=binary)
+        inputs.append(item)
+    return client.infer(model, inputs, **kwargs)
+
+
+def test_server_health_and_metadata(client, model_repository: Path) -> None:
+    assert client.is_server_live() and client.is_server_ready()
+    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+    for model in ("digits", "minilm", "resnet18"):
+        assert client.is_model_ready(model)
+        assert client.is_model_ready(model, "1")
+        meta = client.get_model_metadata(model)
+        config = yaml.safe_load((model_repository / model / "config.yaml").read_text())
+        assert meta["versions"] == ["1"]
+        assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == \
+            [(t["name"], t["datatype"], t["shape"]) for t in config["inputs"]]
+    assert not client.is_model_ready("nope")
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_digits_matches_onnx_runtime(client, reference, binary: bool) -> None:
+    x = np.random.default_rng(1).random((5, 64), dtype=np.float32)
+    result = infer(client, "digits", {"input": x}, binary=binary, request_id="d-1",
+                   outputs=[httpclient.InferRequestedOutput(n, binary_data=binary)
+                            for n in ("label", "probabilities")])
+    want = reference("digits", {"input": x})
+    np.testing.assert_array_equal(result.as_numpy("label"), want["label"])
+    np.testing.assert_allclose(result.as_numpy("probabilities"), want["probabilities"],
+                               rtol=1e-5, atol=1e-6)
+    assert result.get_response()["id"] == "d-1"
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_minilm_matches_onnx_runtime(client, reference, model_repository, binary) -> None:
+    feeds = tokenize(model_repository, ["Serving models within latency targets.",
+                                        "A second, different sentence."], 32)
+    result = infer(client, "minilm", feeds, binary=binary)
+    want = reference("minilm", feeds)["embeddings"]
+    got = result.as_numpy("embeddings")
+    assert got.shape == (2, 384)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-4)
+
+
+def test_resnet18_matches_onnx_runtime(client, reference) -> None:
+    image = np.random.default_rng(2).standard_normal((2, 3, 224, 224), dtype=np.float32)
+    result = infer(client, "resnet18", {"image": image}, binary=True)
+    np.testing.assert_allclose(result.as_numpy("logits"), reference("resnet18", {"image": image})
+                               ["logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_resnet18_json(client, reference) -> None:
+    image = np.random.default_rng(3).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    result = infer(client, "resnet18", {"image": image}, binary=False,
+                   outputs=[httpclient.InferRequestedOutput("logits", binary_data=False)])
+    np.testing.assert_allclose(result.as_numpy("logits"), reference("resnet18", {"image": image})
+                               ["logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_concurrent_requests_get_their_own_answers(client, reference) -> None:
+    # tritonclient.http clients are not thread-safe; async_infer uses the client's own pool.
+    rows = [np.random.default_rng(100 + i).random((1 + i % 3, 64), dtype=np.float32)
+            for i in range(48)]
+    pending = []
+    for x in rows:
+        item = httpclient.InferInput("input", list(x.shape), "FP32")
+        item.set_data_from_numpy(x)
+        pending.append(client.async_infer("digits", [item]))
+    for x, request in zip(rows, pending, strict=True):
+        got = request.get_result(timeout=60).as_numpy("probabilities")
+        np.testing.assert_allclose(got, reference("digits", {"input": x})["probabilities"],
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_aio_client(gateway_url: str, reference) -> None:
+    import asyncio
+
+    import tritonclient.http.aio as aioclient
+
+    async def call() -> np.ndarray:
+        client = aioclient.InferenceServerClient(gateway_url)
+        try:
+            x = np.ones((1, 64), np.float32)
+            item = aioclient.InferInput("input", [1, 64], "FP32")
+            item.set_data_from_numpy(x)
+            assert await client.is_model_ready("digits")
+            return (await client.infer("digits", [item])).as_numpy("label")
+        finally:
+            await client.close()
+
+    label = asyncio.run(call())
+    np.testing.assert_array_equal(label, reference("digits", {"input": np.ones((1, 64),
+                                                                              np.float32)})["label"])

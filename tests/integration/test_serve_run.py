@@ -1,0 +1,82 @@
+"""The real launch path: ``serving run <config>`` (which execs ``serve run``) as a user runs it,
+here with Ray Serve's default Python proxy, the supported fallback to the fast ingress."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+import yaml
+
+from ..conftest import ROOT, free_port
+from .conftest import wait_ready
+
+pytestmark = pytest.mark.integration
+SERVING = [sys.executable, "-m", "serving.cli", "run"]
+
+
+def write_config(tmp_path: Path, port: int, models: list[str]) -> Path:
+    document = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    document["http_options"]["port"] = port
+    args = document["applications"][0]["args"]
+    args.update(models=models, model_repository=str(ROOT / "models"))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def launch(config: Path, tmp_path: Path, *extra: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
+    # A Ray instance of its own, apart from the session's (short path: AF_UNIX limit 107 bytes).
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="srv-run-", dir="/tmp")
+    return subprocess.Popen([*SERVING, str(config), *extra], cwd=ROOT, env=env,
+                            stdout=(tmp_path / "serve.log").open("wb"), stderr=subprocess.STDOUT)
+
+
+def stop(process: subprocess.Popen) -> int:
+    """SIGINT, as Ctrl-C: Serve shuts down cleanly. Bounded; escalates only to our own PID."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            return process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait(timeout=30)
+
+
+def test_default_proxy_serves_predictions(model_repository: Path, tmp_path: Path) -> None:
+    port = free_port()
+    process = launch(write_config(tmp_path, port, ["digits"]), tmp_path, "--default-proxy")
+    try:
+        wait_ready(f"127.0.0.1:{port}", 180, process=process)
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=60)
+        x = np.random.default_rng(7).random((4, 64), dtype=np.float32)
+        item = httpclient.InferInput("input", [4, 64], "FP32")
+        item.set_data_from_numpy(x)
+        labels = client.infer("digits", [item]).as_numpy("label")
+        assert labels.shape == (4,) and labels.dtype == np.int64
+        assert client.is_model_ready("digits") and not client.is_model_ready("minilm")
+    finally:
+        code = stop(process)
+    log = (tmp_path / "serve.log").read_text(errors="replace")
+    assert "HAProxy" not in log  # really the default proxy
+    assert code is not None
+
+
+def test_bad_config_stops_the_start_with_the_field_named(tmp_path: Path) -> None:
+    config = write_config(tmp_path, free_port(), ["digits", "no-such-model"])
+    process = launch(config, tmp_path, "--default-proxy")
+    try:
+        code = process.wait(timeout=60)
+    finally:
+        stop(process)
+    log = (tmp_path / "serve.log").read_text(errors="replace")
+    assert code != 0
+    assert "unknown model 'no-such-model'" in log

@@ -1,0 +1,240 @@
+"""The HTTP adapter in-process, over the real data plane and real ONNX Runtime (no Ray).
+
+Every bad input gets its documented 4xx and a message naming what was wrong.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from starlette.requests import Request
+from starlette.testclient import TestClient
+
+from serving.config import load_repository, parse_gateway_config
+from serving.dataplane import DataPlane
+from serving.protocol.rest import RestAdapter
+from serving.runtimes.onnx import OnnxRuntime
+from serving.worker import Worker
+
+LIMIT = 1 << 20
+
+
+class InProcessWorkers:
+    """Real workers in this process, standing in for Ray handles."""
+
+    def __init__(self, specs) -> None:
+        self.workers = {name: Worker(OnnxRuntime(spec)) for name, spec in specs.items()}
+        for worker in self.workers.values():
+            worker.start()
+        self.is_ready = True
+
+    async def infer(self, model, batch):
+        return self.workers[model].infer_batch(batch)[0]
+
+    async def ready(self, model) -> bool:
+        return self.is_ready
+
+
+@pytest.fixture(scope="module")
+def workers(model_repository: Path) -> InProcessWorkers:
+    config = parse_gateway_config({"models": ["digits", "minilm"],
+                                   "model_repository": model_repository})
+    return InProcessWorkers(load_repository(config))
+
+
+@pytest.fixture
+def client(workers: InProcessWorkers, model_repository: Path) -> TestClient:
+    config = parse_gateway_config({"models": ["digits", "minilm"],
+                                   "model_repository": model_repository,
+                                   "max_request_bytes": LIMIT})
+    adapter = RestAdapter(DataPlane(config, load_repository(config), workers),
+                          max_request_bytes=LIMIT)
+
+    async def app(scope, receive, send):
+        response = await adapter.handle(Request(scope, receive))
+        await response(scope, receive, send)
+
+    workers.is_ready = True
+    return TestClient(app)
+
+
+def digits_input(rows: int = 2) -> np.ndarray:
+    return np.random.default_rng(rows).random((rows, 64), dtype=np.float32)
+
+
+def expected(workers: InProcessWorkers, x: np.ndarray) -> dict[str, np.ndarray]:
+    return workers.workers["digits"].runtime.infer({"input": x})
+
+
+def json_body(x: np.ndarray, **extra) -> dict:
+    return {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                        "data": x.tolist()}], **extra}
+
+
+def binary_body(x: np.ndarray, outputs=None, params=None) -> tuple[bytes, dict[str, str]]:
+    header = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                          "parameters": {"binary_data_size": x.nbytes}}]}
+    if outputs is not None:
+        header["outputs"] = outputs
+    if params is not None:
+        header["parameters"] = params
+    head = json.dumps(header).encode()
+    return head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head))}
+
+
+def test_json_infer_matches_onnx_runtime(client, workers) -> None:
+    x = digits_input()
+    response = client.post("/v2/models/digits/infer", json=json_body(x, id="req-7"))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["id"] == "req-7" and body["model_name"] == "digits"
+    outputs = {o["name"]: o for o in body["outputs"]}
+    want = expected(workers, x)
+    np.testing.assert_allclose(
+        np.array(outputs["probabilities"]["data"]).reshape(2, 10), want["probabilities"], 1e-6
+    )
+    assert outputs["label"]["data"] == want["label"].tolist()
+    assert outputs["label"]["datatype"] == "INT64"
+
+
+def test_binary_infer_returns_binary_outputs(client, workers) -> None:
+    x = digits_input(3)
+    body, headers = binary_body(x, outputs=[{"name": "probabilities",
+                                             "parameters": {"binary_data": True}}])
+    response = client.post("/v2/models/digits/versions/1/infer", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    length = int(response.headers["inference-header-content-length"])
+    header = json.loads(response.content[:length])
+    (output,) = header["outputs"]  # only the requested output comes back
+    assert output["parameters"]["binary_data_size"] == 3 * 10 * 4
+    got = np.frombuffer(response.content[length:], np.float32).reshape(3, 10)
+    np.testing.assert_allclose(got, expected(workers, x)["probabilities"], 1e-6)
+
+
+def test_binary_data_output_parameter_makes_all_outputs_binary(client) -> None:
+    body, headers = binary_body(digits_input(1), params={"binary_data_output": True})
+    response = client.post("/v2/models/digits/infer", content=body, headers=headers)
+    length = int(response.headers["inference-header-content-length"])
+    sizes = [o["parameters"]["binary_data_size"] for o in json.loads(response.content[:length])
+             ["outputs"]]
+    assert sizes == [8, 40] and len(response.content) == length + 48
+
+
+def test_gzip_request_body_is_accepted(client) -> None:
+    raw = json.dumps(json_body(digits_input(1))).encode()
+    response = client.post("/v2/models/digits/infer", content=gzip.compress(raw),
+                           headers={"Content-Encoding": "gzip"})
+    assert response.status_code == 200, response.text
+
+
+def test_metadata_health_and_readiness(client, workers) -> None:
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert client.get("/v2/health/live").status_code == 200
+    assert client.get("/v2/health/ready").status_code == 200
+    meta = client.get("/v2/models/minilm").json()
+    assert [i["name"] for i in meta["inputs"]] == ["input_ids", "attention_mask"]
+    assert client.get("/v2/models/minilm/versions/1/ready").status_code == 200
+    workers.is_ready = False
+    assert client.get("/v2/models/minilm/ready").status_code == 503
+    assert client.get("/v2/health/ready").status_code == 503
+
+
+def _truncated() -> tuple[bytes, dict]:
+    body, headers = binary_body(digits_input(1))
+    return body[:-10], headers
+
+
+def _header_too_long() -> tuple[bytes, dict]:
+    body, _ = binary_body(digits_input(1))
+    return body, {"Inference-Header-Content-Length": str(len(body) + 1)}
+
+
+def _trailing() -> tuple[bytes, dict]:
+    body, headers = binary_body(digits_input(1))
+    return body + b"junk", headers
+
+
+def _raw(payload) -> tuple[bytes, dict]:
+    return json.dumps(payload).encode(), {}
+
+
+_X = digits_input(1)
+
+
+@pytest.mark.parametrize(
+    ("path", "make", "status", "message"),
+    [
+        ("digits", lambda: (b"{not json", {}), 400, "malformed inference request"),
+        ("digits", lambda: _raw({"inputs": []}), 400, "inputs: List should have at least 1"),
+        ("digits", lambda: _raw({"inputs": [{"name": "input", "shape": [1, 63],
+                                             "datatype": "FP32", "data": [0.0] * 63}]}),
+         400, "input 'input' must have shape [-1, 64], got [1, 63]"),
+        ("digits", lambda: _raw({"inputs": [{"name": "input", "shape": [1, 64],
+                                             "datatype": "FP64", "data": [0.0] * 64}]}),
+         400, "input 'input' must be FP32, got FP64"),
+        ("digits", lambda: _raw({"inputs": [{"name": "input", "shape": [1, 64],
+                                             "datatype": "FP32", "data": [0.0] * 60}]}),
+         400, "needs 64 elements, data has 60"),
+        ("digits", lambda: _raw({"inputs": [{"name": "pixels", "shape": [1, 64],
+                                             "datatype": "FP32", "data": [0.0] * 64}]}),
+         400, "has no input(s) ['pixels']"),
+        ("digits", lambda: _raw({"inputs": [{"name": "input", "shape": [1, 64],
+                                             "datatype": "FP32"}]}),
+         400, "neither data nor binary_data_size"),
+        ("digits", lambda: _raw(json_body(_X, outputs=[{"name": "logits"}])),
+         400, "has no output(s) ['logits']"),
+        ("digits", lambda: _raw({"inputs": [{"name": "input", "shape": [2000, 64],
+                                             "datatype": "FP32", "parameters":
+                                             {"binary_data_size": 0}}]}),
+         400, "needs 512000 bytes, got 0"),
+        ("digits", _truncated, 400, "binary_data_size 256 exceeds the 246 bytes"),
+        ("digits", _header_too_long, 400, "Inference-Header-Content-Length"),
+        ("digits", _trailing, 400, "4 bytes of binary data follow the last input"),
+        ("digits", lambda: (b"x" * (LIMIT + 1), {}), 413, "exceeds the 1048576-byte limit"),
+        ("digits", lambda: (gzip.compress(b" " * (LIMIT * 4)), {"Content-Encoding": "gzip"}),
+         413, "decompressed request body exceeds"),
+        ("digits", lambda: (b"{}", {"Content-Encoding": "br"}), 400, "Content-Encoding 'br'"),
+        ("nope", lambda: _raw(json_body(_X)), 404, "unknown model 'nope'"),
+        ("digits/versions/9", lambda: _raw(json_body(_X)), 404, "no version '9'"),
+    ],
+    ids=["malformed-json", "no-inputs", "wrong-shape", "wrong-datatype", "wrong-count",
+         "unknown-input", "no-data", "unknown-output", "zero-binary", "truncated-binary",
+         "header-too-long", "trailing-binary", "oversized", "gzip-bomb", "bad-encoding",
+         "unknown-model", "unknown-version"],
+)
+def test_bad_input_gets_precise_status(client, path, make, status, message) -> None:
+    body, headers = make()
+    response = client.post(f"/v2/models/{path}/infer", content=body, headers=headers)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+    # ...and the server keeps serving.
+    assert client.post("/v2/models/digits/infer", json=json_body(_X)).status_code == 200
+
+
+def test_routing_errors(client) -> None:
+    assert client.get("/v2/models/digits/infer").status_code == 405
+    response = client.get("/v3")
+    assert response.status_code == 404 and "no route for GET /v3" in response.json()["error"]
+
+
+def test_metrics_count_requests_by_model_and_outcome(client) -> None:
+    def count(model: str, outcome: str) -> float:
+        text = client.get("/metrics").text
+        key = (f'serving_requests_total{{model="{model}",outcome="{outcome}",'
+               f'protocol="http"}}')
+        line = next((ln for ln in text.splitlines() if ln.startswith(key)), f"{key} 0")
+        return float(line.split()[-1])
+
+    ok, bad, unknown = count("digits", "ok"), count("digits", "bad_request"), \
+        count("<unknown>", "not_found")
+    client.post("/v2/models/digits/infer", json=json_body(_X))
+    client.post("/v2/models/digits/infer", content=b"{")
+    client.post("/v2/models/whatever/infer", json=json_body(_X))
+    assert count("digits", "ok") == ok + 1
+    assert count("digits", "bad_request") == bad + 1
+    assert count("<unknown>", "not_found") == unknown + 1
+    assert "serving_request_duration_seconds_bucket" in client.get("/metrics").text
