@@ -119,6 +119,9 @@ class GatewayConfig(_Strict):
     max_request_bytes: int = Field(
         default=64 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above)."
     )
+    max_queued_per_model: int = Field(
+        default=4096, ge=1, description="Requests waiting per model in a gateway; 503 beyond."
+    )
     gateway_replicas: int = Field(default=1, ge=1, description="Gateway (ingress) replicas.")
     gateway_max_ongoing_requests: int = Field(
         default=1024, ge=1, description="Concurrent requests one gateway replica accepts."

@@ -6,11 +6,13 @@ encode the :class:`InferResult`; validation against the model repository happens
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Protocol
 
 import numpy as np
 
 from serving import __version__
+from serving.batching.dispatcher import Dispatcher
 from serving.config import GatewayConfig, ModelSpec, TensorSpec
 from serving.errors import InvalidRequest, ModelNotFound, ServingError
 from serving.protocol.tensors import oip_datatype
@@ -37,6 +39,10 @@ class Workers(Protocol):
         """Whether a worker of ``model`` can take requests now."""
         ...
 
+    def capacity(self, model: str) -> int:
+        """Batches of ``model`` the workers take at once; more wait in the gateway."""
+        ...
+
 
 def _metadata(tensors: list[TensorSpec]) -> list[MetadataTensor]:
     return [MetadataTensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in tensors]
@@ -51,6 +57,15 @@ class DataPlane:
         self.config = config
         self.specs = specs
         self.workers = workers
+        self.dispatchers = {
+            name: Dispatcher(
+                partial(workers.infer, name),
+                max_in_flight=workers.capacity(name),
+                max_rows=max(spec.max_batch_size, 1),
+                max_queued=config.max_queued_per_model,
+            )
+            for name, spec in specs.items()
+        }
 
     def live(self) -> bool:
         return True
@@ -95,7 +110,7 @@ class DataPlane:
         spec = self.spec(request.model, request.version)
         validate_inputs(spec, request.inputs)
         wanted = validate_outputs(spec, request.outputs)
-        (result,) = await self.workers.infer(spec.name, [request.inputs])
+        result = await self.dispatchers[spec.name].submit(request.inputs)
         if isinstance(result, ServingError):
             raise result
         return InferResult(

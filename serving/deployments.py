@@ -58,14 +58,23 @@ class ModelWorker:
 class RayWorkers:
     """The data plane's :class:`~serving.dataplane.Workers`, over Ray deployment handles."""
 
-    def __init__(self, handles: dict[str, dict[str, DeploymentHandle]], timeout_s: float):
+    def __init__(
+        self,
+        handles: dict[str, dict[str, DeploymentHandle]],
+        config: GatewayConfig,
+    ) -> None:
         self.handles = handles
-        self.timeout_s = timeout_s
+        self.config = config
+        self.timeout_s = config.worker_timeout_s
         self._ready: dict[str, tuple[float, bool]] = {}
 
     def _pick(self, model: str) -> tuple[str, DeploymentHandle]:
         # Routing across pools arrives with the router; until then, the first pool serves.
         return next(iter(self.handles[model].items()))
+
+    def capacity(self, model: str) -> int:
+        pool = self.config.pools[self._pick(model)[0]]
+        return max(pool.min_replicas, 1) * pool.max_batches_in_flight
 
     async def infer(self, model: str, batch: list[Tensors]) -> list[Result]:
         pool, handle = self._pick(model)
@@ -117,17 +126,21 @@ class Gateway:
         specs: dict[str, ModelSpec],
         workers: dict[str, dict[str, DeploymentHandle]],
     ) -> None:
-        self.dataplane = DataPlane(config, specs, RayWorkers(workers, config.worker_timeout_s))
+        self.dataplane = DataPlane(config, specs, RayWorkers(workers, config))
         self.rest = RestAdapter(self.dataplane, max_request_bytes=config.max_request_bytes)
 
     async def __call__(self, request: Request) -> Response:
         return await self.rest.handle(request)
 
 
-def _worker_options(model: str, pool_name: str, pool: PoolConfig) -> dict[str, Any]:
+def _worker_options(
+    model: str, pool_name: str, pool: PoolConfig, gateway_replicas: int
+) -> dict[str, Any]:
     options: dict[str, Any] = {
         "name": f"worker-{model}-{pool_name}",
-        "max_ongoing_requests": pool.max_batches_in_flight,
+        # Each gateway replica keeps at most max_batches_in_flight per worker replica, so
+        # calls never wait in Ray's router (whose retry backoff costs seconds).
+        "max_ongoing_requests": pool.max_batches_in_flight * gateway_replicas,
         "ray_actor_options": {
             "num_cpus": pool.num_cpus_per_replica,
             "num_gpus": pool.num_gpus_per_replica,
@@ -150,7 +163,9 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     specs = load_repository(config)
     workers = {
         name: {
-            pool_name: ModelWorker.options(**_worker_options(name, pool_name, pool)).bind(
+            pool_name: ModelWorker.options(
+                **_worker_options(name, pool_name, pool, config.gateway_replicas)
+            ).bind(
                 spec, pool_name, pool
             )
             for pool_name, pool in config.pools.items()

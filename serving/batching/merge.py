@@ -15,8 +15,8 @@ Tensors = dict[str, np.ndarray]
 
 
 def rows(request: Tensors) -> int:
-    """Batch size (first dim) of one request; all its inputs share it."""
-    return next(iter(request.values())).shape[0]
+    """Rows (first dim) of one request, counted as at least 1; all its inputs share it."""
+    return max(next(iter(request.values())).shape[0], 1) if request else 1
 
 
 def group_compatible(batch: Sequence[Tensors], max_rows: int) -> list[list[int]]:

@@ -38,6 +38,9 @@ class InProcessWorkers:
     async def ready(self, model) -> bool:
         return self.is_ready
 
+    def capacity(self, model) -> int:
+        return 1
+
 
 @pytest.fixture(scope="module")
 def workers(model_repository: Path) -> InProcessWorkers:

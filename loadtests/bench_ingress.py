@@ -1,0 +1,151 @@
+"""Fast ingress (HAProxy + direct ingress) vs Ray Serve's default proxy, side by side.
+
+    python loadtests/bench_ingress.py [--seconds 20] [--concurrency 1 32] [--repeats 1]
+
+For each repeat and each ingress it starts the gateway with ``serving run`` on a free
+127.0.0.1 port (digits only), runs a bounded closed-loop locust load at each concurrency,
+stops the gateway by its PID (SIGINT), and finally prints a markdown table of medians across
+repeats (requests/s, p50, p99, failures) with the fast/default ratio, and writes JSON to
+``loadtests/results/``. Everything is bounded in time and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "loadtests" / "results"
+MODES = {"fast": [], "default": ["--default-proxy"]}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_gateway(mode: str, workdir: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    document = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    document["http_options"]["port"] = port
+    document["applications"][0]["args"]["models"] = ["digits"]
+    config = workdir / f"{mode}.yaml"
+    config.write_text(yaml.safe_dump(document))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="srv-bench-", dir="/tmp")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", "run", str(config), *MODES[mode]],
+        cwd=ROOT, env=env, stdout=(workdir / f"{mode}.log").open("wb"), stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{mode} gateway exited early; see {workdir / f'{mode}.log'}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200:
+                return process, port
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    stop(process)
+    raise SystemExit(f"{mode} gateway not ready within 180 s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+
+
+def run_locust(port: int, users: int, seconds: int, workdir: Path) -> dict[str, float]:
+    prefix = workdir / f"locust-{port}-{users}"
+    subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"),
+         "--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds}s",
+         "--host", f"http://127.0.0.1:{port}", "--csv", str(prefix), "--only-summary",
+         "--stop-timeout", "5", "--loglevel", "WARNING"],
+        check=False, timeout=seconds + 60, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    with open(f"{prefix}_stats.csv") as handle:
+        row = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")
+    return {
+        "requests": int(row["Request Count"]),
+        "failures": int(row["Failure Count"]),
+        "rps": float(row["Requests/s"]),
+        "p50_ms": float(row["50%"]),
+        "p99_ms": float(row["99%"]),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    runs: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        workdir = Path(tmp)
+        for repeat in range(args.repeats):
+            for mode in MODES:
+                process, port = start_gateway(mode, workdir)
+                try:
+                    run_locust(port, 4, 3, workdir)  # warm-up, discarded
+                    for users in args.concurrency:
+                        result = run_locust(port, users, args.seconds, workdir)
+                        runs.append({"repeat": repeat, "mode": mode, "users": users, **result})
+                        print(f"repeat {repeat} {mode:7s} c={users:<3d} {result}", flush=True)
+                finally:
+                    stop(process)
+    table = summarize(runs, args)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (RESULTS / f"ingress-{stamp}.json").write_text(json.dumps({"args": vars(args), "runs": runs},
+                                                              indent=2))
+    print(table)
+    return 0
+
+
+def summarize(runs: list[dict], args: argparse.Namespace) -> str:
+    def median(mode: str, users: int, key: str) -> float:
+        return statistics.median(r[key] for r in runs if r["mode"] == mode and r["users"] == users)
+
+    lines = [
+        f"digits, binary OIP request of 1 row, closed loop, {args.seconds}s per point, "
+        f"median of {args.repeats} run(s)",
+        "",
+        "| clients | ingress | req/s | p50 ms | p99 ms | failures | req/s fast ÷ default |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for users in args.concurrency:
+        ratio = median("fast", users, "rps") / max(median("default", users, "rps"), 1e-9)
+        for mode in MODES:
+            lines.append(
+                f"| {users} | {mode} | {median(mode, users, 'rps'):.0f} | "
+                f"{median(mode, users, 'p50_ms'):.0f} | {median(mode, users, 'p99_ms'):.0f} | "
+                f"{median(mode, users, 'failures'):.0f} | "
+                + (f"{ratio:.2f}× |" if mode == "fast" else "|")
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
