@@ -140,6 +140,14 @@ def build_minilm(out: Path) -> None:
         )
     (got,) = _ort_run(out, {"input_ids": ids, "attention_mask": mask})
     _check("minilm embeddings", got, want, 1e-4)
+    # The trace saw sequence length 32; prove the dynamic axes hold at another length.
+    short = tokenizer.encode_batch(["Short one."] * 2)
+    ids7 = np.array([e.ids[:7] for e in short], dtype=np.int64)
+    mask7 = np.array([e.attention_mask[:7] for e in short], dtype=np.int64)
+    with torch.no_grad():
+        want7 = module(torch.from_numpy(ids7), torch.from_numpy(mask7)).numpy()
+    (got7,) = _ort_run(out, {"input_ids": ids7, "attention_mask": mask7})
+    _check("minilm embeddings at sequence 7", got7, want7, 1e-4)
     # Ship the tokenizer beside the model so clients can tokenize exactly as the model expects.
     tok_dir = out.parent.parent / "tokenizer"
     tok_dir.mkdir(exist_ok=True)
