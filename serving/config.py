@@ -47,6 +47,10 @@ class ModelSpec(_Strict):
     residency: Literal["any", "onprem"] = Field(
         default="any", description="'onprem': this model's data never goes to a cloud pool."
     )
+    profile_dims: dict[str, list[int]] = Field(
+        default_factory=dict,
+        description="Sizes for an input's dynamic non-batch dims in the start-up profile.",
+    )
     version: str = Field(default="1", description="Served version (newest folder on disk).")
     path: Path = Field(default=Path("."), description="Resolved model file.")
 

@@ -6,13 +6,18 @@ encode the :class:`InferResult`; validation against the model repository happens
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
 import numpy as np
 
 from serving import __version__
-from serving.batching.dispatcher import Dispatcher
+from serving.batching.latency import LatencyModel
+from serving.batching.queue import BatchPlanner, BatchQueue
 from serving.config import GatewayConfig, ModelSpec, TensorSpec
 from serving.errors import InvalidRequest, ModelNotFound, ServingError
 from serving.protocol.tensors import oip_datatype
@@ -23,25 +28,44 @@ from serving.protocol.types import (
     MetadataServerResponse,
     MetadataTensor,
 )
+from serving.slo import SLOPolicy
+from serving.telemetry import metrics
 
+logger = logging.getLogger(__name__)
 Tensors = dict[str, np.ndarray]
 EXTENSIONS = ["binary_tensor_data"]
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a model's batches run: the pool, its replicas and batches each replica holds."""
+
+    pool: str
+    replicas: int
+    slots_per_replica: int
 
 
 class Workers(Protocol):
     """How the data plane reaches model workers (Ray handles in production, fakes in tests)."""
 
-    async def infer(self, model: str, batch: list[Tensors]) -> list[Tensors | ServingError]:
-        """Run ``batch`` (one entry per request) on a worker of ``model``; one result each."""
+    async def infer(
+        self, model: str, batch: list[Tensors]
+    ) -> tuple[list[Tensors | ServingError], float]:
+        """Run ``batch`` on a worker of ``model``: one result per request, execution seconds."""
+        ...
+
+    async def profile(self, model: str) -> list[tuple[int, float]]:
+        """The worker's start-up profile: (rows, execution seconds) pairs."""
+        ...
+
+    def placement(self, model: str) -> Placement:
+        """Where ``model``'s batches run."""
         ...
 
     async def ready(self, model: str) -> bool:
         """Whether a worker of ``model`` can take requests now."""
         ...
 
-    def capacity(self, model: str) -> int:
-        """Batches of ``model`` the workers take at once; more wait in the gateway."""
-        ...
 
 
 def _metadata(tensors: list[TensorSpec]) -> list[MetadataTensor]:
@@ -57,15 +81,35 @@ class DataPlane:
         self.config = config
         self.specs = specs
         self.workers = workers
-        self.dispatchers = {
-            name: Dispatcher(
-                partial(workers.infer, name),
-                max_in_flight=workers.capacity(name),
-                max_rows=max(spec.max_batch_size, 1),
-                max_queued=config.max_queued_per_model,
-            )
-            for name, spec in specs.items()
-        }
+        self.slo = SLOPolicy(config)
+        self.queues = {name: self._queue(name, spec) for name, spec in specs.items()}
+        self._warming: dict[str, asyncio.Task[None]] = {}
+
+    def _queue(self, name: str, spec: ModelSpec) -> BatchQueue:
+        placement = self.workers.placement(name)
+        planner = BatchPlanner(
+            LatencyModel(),
+            max_rows=max(spec.max_batch_size, 1),
+            replicas=placement.replicas,
+            slots_per_replica=placement.slots_per_replica,
+            max_queued=self.config.max_queued_per_model,
+        )
+        return BatchQueue(name, placement.pool, partial(self.workers.infer, name), planner)
+
+    def _warm_start(self, name: str) -> None:
+        # Once per model: fetch the worker's start-up profile into the latency model.
+        if name in self._warming:
+            return
+
+        async def fetch() -> None:
+            try:
+                profile = await self.workers.profile(name)
+            except Exception:  # the prior and live measurements still work
+                logger.warning("no start-up profile for model %s", name, exc_info=True)
+                return
+            self.queues[name].planner.latency.warm_start(profile)
+
+        self._warming[name] = asyncio.get_running_loop().create_task(fetch())
 
     def live(self) -> bool:
         return True
@@ -110,15 +154,28 @@ class DataPlane:
         spec = self.spec(request.model, request.version)
         validate_inputs(spec, request.inputs)
         wanted = validate_outputs(spec, request.outputs)
-        result = await self.dispatchers[spec.name].submit(request.inputs)
-        if isinstance(result, ServingError):
-            raise result
-        return InferResult(
-            model=spec.name,
-            version=spec.version,
-            id=request.id,
-            outputs={name: result[name] for name in wanted},
+        ticket = self.slo.ticket(
+            spec,
+            request.parameters,
+            header_class=request.slo_class,
+            now=time.monotonic(),
+            transport_deadline=request.deadline,
         )
+        self._warm_start(spec.name)
+        met = False
+        try:
+            result = await self.queues[spec.name].submit(request.inputs, ticket)
+            if isinstance(result, ServingError):
+                raise result
+            met = time.monotonic() <= ticket.deadline
+            return InferResult(
+                model=spec.name,
+                version=spec.version,
+                id=request.id,
+                outputs={name: result[name] for name in wanted},
+            )
+        finally:
+            metrics.SLO.labels(spec.name, ticket.slo_class, "met" if met else "missed").inc()
 
 
 def validate_inputs(spec: ModelSpec, inputs: Tensors) -> None:

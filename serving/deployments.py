@@ -24,11 +24,10 @@ from serving.config import (
     load_repository,
     parse_gateway_config,
 )
-from serving.dataplane import DataPlane, Tensors
+from serving.dataplane import DataPlane, Placement, Tensors
 from serving.errors import BackendError, DeadlineExceeded, ModelNotReady, ServingError
 from serving.protocol.rest import RestAdapter
 from serving.runtimes.onnx import OnnxRuntime
-from serving.telemetry import metrics
 from serving.worker import Result, Worker
 
 logger = logging.getLogger(__name__)
@@ -46,7 +45,11 @@ class ModelWorker:
         )
         self.worker = Worker(runtime)
         self.worker.start()
+        self._profile = self.worker.profile()
         logger.info("worker %s on %s ready (%s)", spec.name, pool_name, runtime.providers)
+
+    def profile(self) -> list[tuple[int, float]]:
+        return self._profile
 
     async def infer_batch(self, batch: list[Tensors]) -> tuple[list[Result], float]:
         return self.worker.infer_batch(batch)
@@ -72,11 +75,15 @@ class RayWorkers:
         # Routing across pools arrives with the router; until then, the first pool serves.
         return next(iter(self.handles[model].items()))
 
-    def capacity(self, model: str) -> int:
-        pool = self.config.pools[self._pick(model)[0]]
-        return max(pool.min_replicas, 1) * pool.max_batches_in_flight
+    def placement(self, model: str) -> Placement:
+        name = self._pick(model)[0]
+        pool = self.config.pools[name]
+        return Placement(name, max(pool.min_replicas, 1), pool.max_batches_in_flight)
 
-    async def infer(self, model: str, batch: list[Tensors]) -> list[Result]:
+    async def profile(self, model: str) -> list[tuple[int, float]]:
+        return await self._pick(model)[1].profile.remote()
+
+    async def infer(self, model: str, batch: list[Tensors]) -> tuple[list[Result], float]:
         pool, handle = self._pick(model)
         response = handle.infer_batch.remote(batch)
         try:
@@ -94,9 +101,7 @@ class RayWorkers:
             raise ModelNotReady(
                 f"no worker for model '{model}' on pool '{pool}' is available: {exc}"
             ) from None
-        metrics.BATCH_EXECUTION.labels(model, pool).observe(seconds)
-        metrics.BATCH_SIZE.labels(model, pool).observe(sum(_rows(r) for r in batch))
-        return results
+        return results, seconds
 
     async def ready(self, model: str) -> bool:
         now = time.monotonic()
@@ -110,10 +115,6 @@ class RayWorkers:
             ready = False
         self._ready[model] = (time.monotonic(), ready)
         return ready
-
-
-def _rows(request: Tensors) -> int:
-    return next(iter(request.values())).shape[0] if request else 0
 
 
 @serve.deployment

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from serving.batching.merge import group_compatible, merge, rows, split
+from serving.config import ModelSpec, TensorSpec
 from serving.errors import BackendError, ServingError
+from serving.protocol.tensors import DATATYPES
 from serving.runtimes.base import Runtime, Tensors
 
 Result = Tensors | ServingError
@@ -27,6 +31,27 @@ class Worker:
 
     def stop(self) -> None:
         self.runtime.unload()
+
+    def profile(self, max_seconds: float = 2.0, max_rows: int = 64) -> list[tuple[int, float]]:
+        """Time zero-filled batches of 1, 2, 4, ... rows: the latency model's warm start.
+
+        Dynamic non-batch dims take ``spec.profile_dims`` (else 1). Stops early once the
+        profile has used ``max_seconds``, so heavy models start quickly.
+        """
+        spec = self.runtime.spec
+        samples: list[tuple[int, float]] = []
+        spent, batch = 0.0, 1
+        limit = min(self.max_rows, max_rows)
+        while batch <= limit and spent < max_seconds:
+            feeds = {t.name: _zeros(t, batch, spec) for t in spec.inputs}
+            self.runtime.infer(feeds)  # warm-up run, not timed
+            start = time.perf_counter()
+            self.runtime.infer(feeds)
+            seconds = time.perf_counter() - start
+            samples.append((batch, seconds))
+            spent += 2 * seconds
+            batch *= 2
+        return samples
 
     def infer_batch(self, batch: list[Tensors]) -> tuple[list[Result], float]:
         """Run every request of ``batch``; return results in order and total execution seconds.
@@ -73,6 +98,18 @@ class Worker:
                     f"rows for {expected} input rows"
                 )
         return split(outputs, counts), seconds
+
+
+def _zeros(tensor: TensorSpec, batch: int, spec: ModelSpec) -> np.ndarray:
+    dims = list(spec.profile_dims.get(tensor.name, []))
+    shape = [d if d >= 0 else (dims.pop(0) if dims else 1) for d in tensor.shape[1:]]
+    if spec.max_batch_size == 0:
+        shape = [d if d >= 0 else 1 for d in tensor.shape]
+    else:
+        shape = [batch, *shape]
+    if tensor.datatype == "BYTES":
+        return np.full(shape, b"", dtype=object)
+    return np.zeros(shape, dtype=DATATYPES[tensor.datatype])
 
 
 __all__ = ["Worker", "Result", "rows"]

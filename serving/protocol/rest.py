@@ -25,6 +25,7 @@ from serving.dataplane import DataPlane
 from serving.errors import InvalidRequest, PayloadTooLarge, ServingError
 from serving.protocol import tensors
 from serving.protocol.types import InferenceRequest, InferRequest, InferResult
+from serving.slo import HEADER as SLO_HEADER
 from serving.telemetry import metrics
 
 logger = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ class RestAdapter:
             infer_request, binary_outputs = decode_infer_request(
                 body, request.headers.get(HEADER_LENGTH), model, version
             )
+            infer_request.slo_class = request.headers.get(SLO_HEADER)
             result = await self.dataplane.infer(infer_request)
             response = encode_infer_response(result, binary_outputs)
             status = HTTPStatus.OK

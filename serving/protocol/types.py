@@ -69,6 +69,8 @@ class InferRequest:
     id: str | None = None
     outputs: list[str] | None = None  # requested output names; None means all
     parameters: Parameters = field(default_factory=dict)
+    slo_class: str | None = None  # from the transport (x-slo-class header / gRPC metadata)
+    deadline: float | None = None  # transport deadline, time.monotonic() seconds
 
 
 @dataclass(slots=True)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as _generate
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -39,6 +40,50 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
     registry=REGISTRY,
 )
+
+
+QUEUE_DEPTH = Gauge(
+    "serving_queue_depth",
+    "Requests waiting in a gateway replica's batch queue.",
+    ["model"],
+    registry=REGISTRY,
+)
+QUEUE_WAIT = Histogram(
+    "serving_queue_wait_seconds",
+    "Time from arrival to dispatch in the gateway's batch queue.",
+    ["model", "slo_class"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+REJECTIONS = Counter(
+    "serving_rejections",
+    "Requests refused by the batch queue, by reason: predicted_late (admission, 503), "
+    "shed (evicted for a more important request, 503), deadline (became unreachable, 504).",
+    ["model", "slo_class", "reason"],
+    registry=REGISTRY,
+)
+SLO = Counter(
+    "serving_slo_requests",
+    "Requests that reached SLO admission, by whether they were answered within their "
+    "deadline (result=met) or not (missed: rejected, timed out, failed or late).",
+    ["model", "slo_class", "result"],
+    registry=REGISTRY,
+)
+LATENCY_MODEL = Gauge(
+    "serving_latency_model_seconds",
+    "Fitted execution-time model t(b) = intercept + slope*b, per-call overhead, and the "
+    "running mean absolute prediction error.",
+    ["model", "pool", "parameter"],
+    registry=REGISTRY,
+)
+
+
+def observe_batch(model: str, pool: str, rows: int, exec_s: float, latency: Any) -> None:
+    """Record one executed batch and the latency model's current fit."""
+    BATCH_EXECUTION.labels(model, pool).observe(exec_s)
+    BATCH_SIZE.labels(model, pool).observe(rows)
+    for parameter in ("intercept_s", "slope_s", "overhead_s", "abs_error_s"):
+        LATENCY_MODEL.labels(model, pool, parameter).set(getattr(latency, parameter))
 
 
 def outcome(status: HTTPStatus) -> str:

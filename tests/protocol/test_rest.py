@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.testclient import TestClient
 
 from serving.config import load_repository, parse_gateway_config
-from serving.dataplane import DataPlane
+from serving.dataplane import DataPlane, Placement
 from serving.protocol.rest import RestAdapter
 from serving.runtimes.onnx import OnnxRuntime
 from serving.worker import Worker
@@ -33,13 +33,16 @@ class InProcessWorkers:
         self.is_ready = True
 
     async def infer(self, model, batch):
-        return self.workers[model].infer_batch(batch)[0]
+        return self.workers[model].infer_batch(batch)
+
+    async def profile(self, model):
+        return self.workers[model].profile(max_seconds=0.2)
 
     async def ready(self, model) -> bool:
         return self.is_ready
 
-    def capacity(self, model) -> int:
-        return 1
+    def placement(self, model) -> Placement:
+        return Placement("in-process", replicas=1, slots_per_replica=1)
 
 
 @pytest.fixture(scope="module")

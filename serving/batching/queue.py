@@ -1,0 +1,260 @@
+"""The SLO-aware adaptive batch queue of one model.
+
+:class:`BatchPlanner` is the pure decision logic (explicit ``now``, no asyncio), so it is
+unit-tested with a fake clock; :class:`BatchQueue` runs it on the event loop.
+
+Order: priority first, then earliest deadline (EDF). Dispatch a batch when a replica is idle
+(waiting gains nothing), when it reaches the size beyond which throughput stops improving
+(:meth:`LatencyModel.saturation_rows`), or when waiting longer would lose its earliest
+deadline; otherwise wait. Requests that can no longer make their deadline are answered at
+once (504), never executed; requests whose predicted completion is already too late are
+rejected on arrival (503 + Retry-After). The queue is bounded: when full, a more important
+arrival evicts the least important queued request, otherwise it is rejected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from serving.batching.latency import LatencyModel
+from serving.batching.merge import Tensors, rows
+from serving.errors import DeadlineExceeded, Overloaded, ServingError
+from serving.slo import Ticket
+from serving.telemetry import metrics
+
+Result = Tensors | ServingError
+# One worker call: the batch's requests -> (one result each, execution seconds).
+BatchCall = Callable[[list[Tensors]], Awaitable[tuple[list[Result], float]]]
+_sequence = itertools.count()
+
+
+@dataclass(eq=False, slots=True)
+class Entry:
+    request: Tensors
+    ticket: Ticket
+    rows: int
+    future: asyncio.Future[Result] | None = None
+    seq: int = field(default_factory=lambda: next(_sequence))
+
+    def key(self) -> tuple[int, float, int]:
+        return (self.ticket.priority, self.ticket.deadline, self.seq)
+
+
+@dataclass(slots=True)
+class Plan:
+    batch: list[Entry]
+    expired: list[Entry]
+    wake_at: float | None  # when to plan again if nothing else happens
+
+
+class BatchPlanner:
+    """Admission and dispatch decisions for one model's queue."""
+
+    def __init__(
+        self,
+        latency: LatencyModel,
+        *,
+        max_rows: int,
+        replicas: int,
+        slots_per_replica: int,
+        max_queued: int,
+        safety_s: float = 0.001,
+    ) -> None:
+        if min(max_rows, replicas, slots_per_replica, max_queued) < 1:
+            raise ValueError(
+                f"max_rows={max_rows}, replicas={replicas}, slots_per_replica="
+                f"{slots_per_replica} and max_queued={max_queued} must all be >= 1"
+            )
+        self.latency = latency
+        self.max_rows = max_rows
+        self.replicas = replicas
+        self.slots = replicas * slots_per_replica
+        self.max_queued = max_queued
+        self.safety_s = safety_s
+        self.in_flight = 0
+        self.queue: list[Entry] = []  # sorted by Entry.key
+
+    def _cost(self, batch_rows: int) -> float:
+        return self.latency.overhead_s + self.latency.predict(batch_rows)
+
+    def doom(self, entry: Entry) -> float:
+        """Latest start that still meets ``entry``'s deadline if it ran alone."""
+        return entry.ticket.deadline - self._cost(entry.rows)
+
+    def predict_completion(self, entry: Entry, now: float) -> float:
+        """Estimated completion of ``entry`` given the work queued ahead of it."""
+        cap = self.latency.saturation_rows(self.max_rows)
+        ahead = sum(e.rows for e in self.queue if e.key() < entry.key())
+        full_batch = self._cost(cap)
+        slot_wait = 0.5 * full_batch if self.in_flight >= self.replicas else 0.0
+        batches_ahead = ahead // cap
+        own_batch = min(cap, ahead % cap + entry.rows)
+        return now + slot_wait + batches_ahead * full_batch / self.replicas + self._cost(own_batch)
+
+    def admit(self, entry: Entry, now: float) -> list[Entry]:
+        """Queue ``entry`` or raise :class:`Overloaded`; return entries evicted to make room."""
+        predicted = self.predict_completion(entry, now)
+        if predicted > entry.ticket.deadline:
+            raise Overloaded(
+                f"SLO class '{entry.ticket.slo_class}' cannot be met: predicted completion in "
+                f"{(predicted - now) * 1e3:.0f} ms, budget {entry.ticket.budget_s * 1e3:.0f} ms",
+                retry_after_s=max(predicted - entry.ticket.deadline, 1.0),
+            )
+        evicted: list[Entry] = []
+        if len(self.queue) >= self.max_queued:
+            worst = self.queue[-1]
+            if worst.key() < entry.key():
+                raise Overloaded(
+                    f"queue full ({self.max_queued} requests), none less important",
+                    retry_after_s=1.0,
+                )
+            evicted.append(self.queue.pop())
+        bisect.insort(self.queue, entry, key=Entry.key)
+        return evicted
+
+    def remove(self, entry: Entry) -> None:
+        index = bisect.bisect_left(self.queue, entry.key(), key=Entry.key)
+        if index < len(self.queue) and self.queue[index] is entry:
+            del self.queue[index]
+
+    def plan(self, now: float) -> Plan:
+        """Expire the doomed, then choose a batch to send now (or when to look again)."""
+        expired = [e for e in self.queue if now > self.doom(e)]
+        if expired:
+            self.queue = [e for e in self.queue if now <= self.doom(e)]
+        if not self.queue:
+            return Plan([], expired, None)
+        earliest_doom = min(self.doom(e) for e in self.queue)
+        if self.in_flight >= self.slots:
+            return Plan([], expired, earliest_doom)
+        cap = self.latency.saturation_rows(self.max_rows)
+        batch: list[Entry] = []
+        total, first_deadline = 0, math.inf
+        for entry in self.queue:
+            if batch and total + entry.rows > cap:
+                break
+            deadline = min(first_deadline, entry.ticket.deadline)
+            if now + self._cost(total + entry.rows) > deadline:
+                continue  # would make the batch late; it may still go alone later
+            batch.append(entry)
+            total += entry.rows
+            first_deadline = deadline
+        if not batch:
+            return Plan([], expired, earliest_doom)
+        latest_start = first_deadline - self._cost(total) - self.safety_s
+        idle = self.in_flight < self.replicas
+        if idle or total >= cap or now >= latest_start:
+            chosen = set(map(id, batch))
+            self.queue = [e for e in self.queue if id(e) not in chosen]
+            self.in_flight += 1
+            return Plan(batch, expired, None)
+        return Plan([], expired, min(latest_start, earliest_doom))
+
+    def complete(self, batch_rows: int, exec_s: float, call_s: float) -> None:
+        """A dispatched batch finished: free its slot and learn from its timing."""
+        self.in_flight -= 1
+        self.latency.observe(batch_rows, exec_s, call_seconds=call_s)
+
+    def abort(self) -> None:
+        """A dispatched batch failed without a timing: free its slot."""
+        self.in_flight -= 1
+
+
+class BatchQueue:
+    """Runs a :class:`BatchPlanner` on the event loop, calling ``call`` once per batch."""
+
+    def __init__(
+        self,
+        model: str,
+        pool: str,
+        call: BatchCall,
+        planner: BatchPlanner,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.model = model
+        self.pool = pool
+        self.call = call
+        self.planner = planner
+        self.clock = clock
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, request: Tensors, ticket: Ticket) -> Result:
+        """Queue one request; return its result, or raise why it was refused or timed out."""
+        entry = Entry(request, ticket, rows(request))
+        entry.future = asyncio.get_running_loop().create_future()
+        try:
+            evicted = self.planner.admit(entry, self.clock())
+        except Overloaded:
+            metrics.REJECTIONS.labels(self.model, ticket.slo_class, "predicted_late").inc()
+            raise
+        for victim in evicted:
+            metrics.REJECTIONS.labels(self.model, victim.ticket.slo_class, "shed").inc()
+            self._fail(victim, Overloaded(
+                f"shed from a full queue for a more important request "
+                f"(SLO class '{victim.ticket.slo_class}')", retry_after_s=1.0))
+        self._pump()
+        try:
+            return await entry.future
+        except asyncio.CancelledError:  # the client went away: forget it
+            self.planner.remove(entry)
+            raise
+
+    def _fail(self, entry: Entry, error: ServingError) -> None:
+        if entry.future is not None and not entry.future.done():
+            entry.future.set_exception(error)
+
+    def _pump(self) -> None:
+        now = self.clock()
+        while True:
+            plan = self.planner.plan(now)
+            for entry in plan.expired:
+                metrics.REJECTIONS.labels(self.model, entry.ticket.slo_class, "deadline").inc()
+                self._fail(entry, DeadlineExceeded(
+                    f"SLO class '{entry.ticket.slo_class}' deadline "
+                    f"({entry.ticket.budget_s * 1e3:.0f} ms) cannot be met after "
+                    f"{(now - entry.ticket.arrival) * 1e3:.0f} ms in the queue"))
+            if not plan.batch:
+                break
+            for entry in plan.batch:
+                metrics.QUEUE_WAIT.labels(self.model, entry.ticket.slo_class).observe(
+                    now - entry.ticket.arrival)
+            task = asyncio.create_task(self._run(plan.batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        metrics.QUEUE_DEPTH.labels(self.model).set(len(self.planner.queue))
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if plan.wake_at is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(plan.wake_at - now, 0.0)
+            self._timer = loop.call_at(loop.time() + delay, self._pump)
+
+    async def _run(self, batch: list[Entry]) -> None:
+        start = self.clock()
+        total = sum(e.rows for e in batch)
+        try:
+            try:
+                results, exec_s = await self.call([e.request for e in batch])
+            except BaseException as error:  # never strand a waiting client
+                self.planner.abort()
+                for entry in batch:
+                    if entry.future is not None and not entry.future.done():
+                        entry.future.set_exception(error)
+                if isinstance(error, asyncio.CancelledError):
+                    raise
+                return
+            self.planner.complete(total, exec_s, self.clock() - start)
+            metrics.observe_batch(self.model, self.pool, total, exec_s, self.planner.latency)
+            for entry, result in zip(batch, results, strict=True):
+                if entry.future is not None and not entry.future.done():
+                    entry.future.set_result(result)
+        finally:
+            self._pump()

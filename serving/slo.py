@@ -1,0 +1,76 @@
+"""SLO classes → per-request deadline and priority.
+
+A request names its class with the ``x-slo-class`` header or OIP ``parameters.slo_class``
+(else the model's default, else the gateway's). Its deadline is arrival + the class latency,
+shortened — never lengthened — by ``parameters.timeout`` (microseconds, Triton's name) or a
+transport deadline (gRPC). ``parameters.priority`` may lower its importance within the class
+(larger number = less important) but never raise it above the class's, so a client cannot
+jump the queue by asking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from serving.config import GatewayConfig, ModelSpec
+from serving.errors import InvalidRequest
+
+HEADER = "x-slo-class"
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What the queue needs to know about one request's SLO; times are ``time.monotonic()``."""
+
+    slo_class: str
+    priority: int
+    arrival: float
+    deadline: float
+
+    @property
+    def budget_s(self) -> float:
+        return self.deadline - self.arrival
+
+
+def _number(parameters: dict[str, Any], key: str) -> float | None:
+    value = parameters.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise InvalidRequest(f"parameters.{key} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+class SLOPolicy:
+    """Resolves a request's class, priority and deadline from the gateway config."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.classes = config.slo_classes
+        self.default = config.default_slo_class
+
+    def ticket(
+        self,
+        spec: ModelSpec,
+        parameters: dict[str, Any],
+        *,
+        header_class: str | None,
+        now: float,
+        transport_deadline: float | None = None,
+    ) -> Ticket:
+        """The request's ticket; :class:`InvalidRequest` names the known classes if unknown."""
+        name = parameters.get("slo_class") or header_class or spec.default_slo_class or self.default
+        slo = self.classes.get(name) if isinstance(name, str) else None
+        if slo is None:
+            raise InvalidRequest(
+                f"unknown SLO class {name!r} (known: {', '.join(sorted(self.classes))})"
+            )
+        deadline = now + slo.latency_ms / 1e3
+        timeout_us = _number(parameters, "timeout")
+        if timeout_us:  # Triton treats 0 as "no timeout"
+            deadline = min(deadline, now + timeout_us / 1e6)
+        if transport_deadline is not None:
+            deadline = min(deadline, transport_deadline)
+        requested = _number(parameters, "priority")
+        priority = slo.priority if requested is None else max(slo.priority, int(requested))
+        return Ticket(slo_class=name, priority=priority, arrival=now, deadline=deadline)

@@ -1,0 +1,52 @@
+"""SLO class resolution: header / parameter / defaults, deadlines only ever narrowed."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.config import ModelSpec, TensorSpec, parse_gateway_config
+from serving.errors import InvalidRequest
+from serving.slo import SLOPolicy
+
+SPEC = ModelSpec(name="m", inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1])],
+                 outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1])])
+POLICY = SLOPolicy(parse_gateway_config({"models": ["m"]}))
+
+
+def ticket(parameters=None, header=None, spec=SPEC, **kwargs):
+    return POLICY.ticket(spec, parameters or {}, header_class=header, now=100.0, **kwargs)
+
+
+def test_gateway_default_class() -> None:
+    t = ticket()
+    assert (t.slo_class, t.priority, t.deadline) == ("standard", 1, pytest.approx(100.25))
+
+
+def test_model_default_then_header_then_parameter_win_in_that_order() -> None:
+    spec = SPEC.model_copy(update={"default_slo_class": "batch"})
+    assert ticket(spec=spec).slo_class == "batch"
+    assert ticket(spec=spec, header="realtime").slo_class == "realtime"
+    assert ticket({"slo_class": "standard"}, header="realtime", spec=spec).slo_class == "standard"
+
+
+def test_unknown_class_names_the_known_ones() -> None:
+    with pytest.raises(InvalidRequest, match="unknown SLO class 'gold' .*batch, realtime"):
+        ticket(header="gold")
+
+
+def test_timeout_microseconds_and_transport_deadline_only_narrow() -> None:
+    assert ticket({"timeout": 10_000}).deadline == pytest.approx(100.01)
+    assert ticket({"timeout": 10_000_000}).deadline == pytest.approx(100.25)  # not widened
+    assert ticket({"timeout": 0}).deadline == pytest.approx(100.25)  # Triton: 0 = none
+    assert ticket(transport_deadline=100.05).deadline == pytest.approx(100.05)
+
+
+def test_priority_parameter_can_lower_but_not_raise_importance() -> None:
+    assert ticket({"priority": 5}).priority == 5
+    assert ticket({"priority": 0}).priority == 1  # standard's own priority is 1
+
+
+@pytest.mark.parametrize("value", ["soon", -1, True])
+def test_bad_timeout_is_a_bad_request(value) -> None:
+    with pytest.raises(InvalidRequest, match="parameters.timeout"):
+        ticket({"timeout": value})
