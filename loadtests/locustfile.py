@@ -2,7 +2,8 @@
 
     locust -f loadtests/locustfile.py --headless -u 32 -r 32 -t 20s --host http://127.0.0.1:8000
 
-Environment: BENCH_MODEL (digits), BENCH_ROWS (1), BENCH_ENCODING (binary | json).
+Environment: BENCH_MODEL (digits), BENCH_ROWS (1), BENCH_ENCODING (binary | json),
+BENCH_SLO_CLASS (sent as x-slo-class; unset = the model's default class).
 Only digits needs no tokenizer or image; other models take random inputs of their shape.
 """
 
@@ -36,6 +37,8 @@ def request_body() -> tuple[bytes, dict[str, str]]:
 
 
 BODY, HEADERS = request_body()
+if os.environ.get("BENCH_SLO_CLASS"):
+    HEADERS["x-slo-class"] = os.environ["BENCH_SLO_CLASS"]
 
 
 class OipClient(FastHttpUser):

@@ -30,6 +30,8 @@ for _key, _value in {
     "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
     "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
     "RAY_DEDUP_LOGS": "0",
+    # Replicas drain 30 s by default before a direct-ingress shutdown; tests need not wait.
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
 }.items():
     os.environ.setdefault(_key, _value)
 

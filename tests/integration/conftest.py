@@ -13,6 +13,14 @@ import pytest
 from ..conftest import free_port
 
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
+SLO_CLASSES = {
+    "realtime": {"latency_ms": 50, "priority": 0},
+    "standard": {"latency_ms": 250, "priority": 1},
+    "batch": {"latency_ms": 5000, "priority": 2},
+    # For the overload tests on resnet18 (~30-40 ms per image on one thread here).
+    "interactive": {"latency_ms": 800, "priority": 0},
+    "flood": {"latency_ms": 400, "priority": 2},
+}
 
 
 def wait_ready(url: str, timeout_s: float, *, process=None) -> None:
@@ -56,6 +64,7 @@ def gateway_url(ray_cluster: None, model_repository: Path) -> Iterator[str]:
         "model_repository": str(model_repository),
         "models": ["digits", "minilm", "resnet18"],
         "max_request_bytes": MAX_REQUEST_BYTES,
+        "slo_classes": SLO_CLASSES,
         "pools": {"onprem-cpu": {"num_cpus_per_replica": 0.5}},
     })
     serve.run(app, name="gateway", route_prefix="/", blocking=False)
