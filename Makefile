@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@# The two ONNX Runtime builds write the same package folder: remove both, install one.
 	$(BIN)/python -m pip uninstall --quiet --yes onnxruntime onnxruntime-gpu
-	$(BIN)/python -m pip install --quiet -e '.[$(DEVICE),build,test]'
+	$(BIN)/python -m pip install --quiet -e '.[$(DEVICE),build,test,bench]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

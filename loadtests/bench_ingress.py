@@ -15,8 +15,6 @@ import argparse
 import csv
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,55 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-import yaml
+from loadtests.harness import RESULTS, ROOT, Server, free_port, gateway_config
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "loadtests" / "results"
-MODES = {"fast": [], "default": ["--default-proxy"]}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_gateway(mode: str, workdir: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    document = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
-    document["http_options"]["port"] = port
-    document["applications"][0]["args"]["models"] = ["digits"]
-    config = workdir / f"{mode}.yaml"
-    config.write_text(yaml.safe_dump(document))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
-    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="srv-bench-", dir="/tmp")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "run", str(config), *MODES[mode]],
-        cwd=ROOT, env=env, stdout=(workdir / f"{mode}.log").open("wb"), stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{mode} gateway exited early; see {workdir / f'{mode}.log'}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200:
-                return process, port
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    stop(process)
-    raise SystemExit(f"{mode} gateway not ready within 180 s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+MODES = {"fast": True, "default": False}
 
 
 def run_locust(port: int, users: int, seconds: int, workdir: Path) -> dict[str, float]:
@@ -108,16 +60,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)
         for repeat in range(args.repeats):
-            for mode in MODES:
-                process, port = start_gateway(mode, workdir)
-                try:
+            for mode, fast in MODES.items():
+                port = free_port()
+                with Server(mode, gateway_config(port, ["digits"]), workdir, fast_ingress=fast):
                     run_locust(port, 4, 3, workdir)  # warm-up, discarded
                     for users in args.concurrency:
                         result = run_locust(port, users, args.seconds, workdir)
                         runs.append({"repeat": repeat, "mode": mode, "users": users, **result})
                         print(f"repeat {repeat} {mode:7s} c={users:<3d} {result}", flush=True)
-                finally:
-                    stop(process)
     table = summarize(runs, args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

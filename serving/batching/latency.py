@@ -3,12 +3,15 @@
 Fitted by exponentially-weighted least squares over the (rows, seconds) samples the workers
 measure, so it follows drift (thermal throttling, a noisy neighbour) without unbounded state.
 A short profile at worker start warm-starts it; until then a conservative prior is used.
-Separately it tracks the per-call overhead (handle round trip minus execution).
+Separately it tracks the per-call overhead (handle round trip minus execution) as the minimum
+over recent calls: under overload the round trip also contains queueing and event-loop lag,
+and an average would then keep predicting overload long after it ended.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable
 
 
@@ -22,6 +25,7 @@ class LatencyModel:
         prior_intercept_s: float = 0.005,
         prior_slope_s: float = 0.001,
         prior_overhead_s: float = 0.005,
+        overhead_window: int = 64,
     ) -> None:
         if not 0 < decay <= 1:
             raise ValueError(f"decay must be in (0, 1], got {decay}")
@@ -29,6 +33,7 @@ class LatencyModel:
         self.intercept_s = prior_intercept_s
         self.slope_s = prior_slope_s
         self.overhead_s = prior_overhead_s
+        self._overheads: deque[float] = deque(maxlen=overhead_window)
         self.abs_error_s = 0.0  # EWMA of |prediction - measurement|
         self.samples = 0
         self._sums = [0.0] * 5  # weight, Σb, Σt, Σb², Σbt (all decayed)
@@ -43,7 +48,8 @@ class LatencyModel:
             error = abs(self.predict(rows) - seconds)
             self.abs_error_s = 0.9 * self.abs_error_s + 0.1 * error
         if call_seconds is not None and call_seconds >= seconds:
-            self.overhead_s = 0.9 * self.overhead_s + 0.1 * (call_seconds - seconds)
+            self._overheads.append(call_seconds - seconds)
+            self.overhead_s = min(self._overheads)
         s = self._sums
         for i in range(5):
             s[i] *= self.decay

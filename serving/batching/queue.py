@@ -97,10 +97,17 @@ class BatchPlanner:
         own_batch = min(cap, ahead % cap + entry.rows)
         return now + slot_wait + batches_ahead * full_batch / self.replicas + self._cost(own_batch)
 
+    def _idle(self) -> bool:
+        return self.in_flight == 0 and not self.queue
+
     def admit(self, entry: Entry, now: float) -> list[Entry]:
-        """Queue ``entry`` or raise :class:`Overloaded`; return entries evicted to make room."""
+        """Queue ``entry`` or raise :class:`Overloaded`; return entries evicted to make room.
+
+        With nothing queued or running, a request is always tried: a prediction can be
+        wrong, and an idle pipeline that refused everything would never measure again.
+        """
         predicted = self.predict_completion(entry, now)
-        if predicted > entry.ticket.deadline:
+        if predicted > entry.ticket.deadline and not self._idle():
             raise Overloaded(
                 f"SLO class '{entry.ticket.slo_class}' cannot be met: predicted completion in "
                 f"{(predicted - now) * 1e3:.0f} ms, budget {entry.ticket.budget_s * 1e3:.0f} ms",
@@ -125,14 +132,19 @@ class BatchPlanner:
 
     def plan(self, now: float) -> Plan:
         """Expire the doomed, then choose a batch to send now (or when to look again)."""
-        expired = [e for e in self.queue if now > self.doom(e)]
+        # An idle pipeline tries its head request until the real deadline (see admit()).
+        probe = self.queue[0] if self.in_flight == 0 and self.queue else None
+        expired = [e for e in self.queue if now > self.doom(e) and not (
+            e is probe and now < e.ticket.deadline)]
         if expired:
-            self.queue = [e for e in self.queue if now <= self.doom(e)]
+            gone = set(map(id, expired))
+            self.queue = [e for e in self.queue if id(e) not in gone]
         if not self.queue:
             return Plan([], expired, None)
-        earliest_doom = min(self.doom(e) for e in self.queue)
+        earliest_doom = min(self.doom(e) for e in self.queue if e is not probe) \
+            if len(self.queue) > (probe is not None) else math.inf
         if self.in_flight >= self.slots:
-            return Plan([], expired, earliest_doom)
+            return Plan([], expired, _finite(earliest_doom))
         cap = self.latency.saturation_rows(self.max_rows)
         batch: list[Entry] = []
         total, first_deadline = 0, math.inf
@@ -140,13 +152,13 @@ class BatchPlanner:
             if batch and total + entry.rows > cap:
                 break
             deadline = min(first_deadline, entry.ticket.deadline)
-            if now + self._cost(total + entry.rows) > deadline:
+            if now + self._cost(total + entry.rows) > deadline and entry is not probe:
                 continue  # would make the batch late; it may still go alone later
             batch.append(entry)
             total += entry.rows
             first_deadline = deadline
         if not batch:
-            return Plan([], expired, earliest_doom)
+            return Plan([], expired, _finite(earliest_doom))
         latest_start = first_deadline - self._cost(total) - self.safety_s
         idle = self.in_flight < self.replicas
         if idle or total >= cap or now >= latest_start:
@@ -154,7 +166,7 @@ class BatchPlanner:
             self.queue = [e for e in self.queue if id(e) not in chosen]
             self.in_flight += 1
             return Plan(batch, expired, None)
-        return Plan([], expired, min(latest_start, earliest_doom))
+        return Plan([], expired, _finite(min(latest_start, earliest_doom)))
 
     def complete(self, batch_rows: int, exec_s: float, call_s: float) -> None:
         """A dispatched batch finished: free its slot and learn from its timing."""
@@ -164,6 +176,10 @@ class BatchPlanner:
     def abort(self) -> None:
         """A dispatched batch failed without a timing: free its slot."""
         self.in_flight -= 1
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isinf(value) else value
 
 
 class BatchQueue:

@@ -37,6 +37,20 @@ def test_overhead_is_the_round_trip_minus_execution() -> None:
     assert model.overhead_s == pytest.approx(0.005, rel=0.01)
 
 
+def test_regression_overload_does_not_inflate_overhead_for_good() -> None:
+    model = LatencyModel(overhead_window=8)
+    for _ in range(8):
+        model.observe(1, 0.001, call_seconds=0.006)
+    for _ in range(4):  # overload: round trips full of queueing
+        model.observe(1, 0.001, call_seconds=0.500)
+    assert model.overhead_s == pytest.approx(0.005)
+    for _ in range(8):  # ...and only queueing for a whole window
+        model.observe(1, 0.001, call_seconds=0.500)
+    assert model.overhead_s == pytest.approx(0.499)
+    model.observe(1, 0.001, call_seconds=0.006)  # one normal call after it
+    assert model.overhead_s == pytest.approx(0.005)
+
+
 def test_saturation_rows_is_where_throughput_reaches_90_percent() -> None:
     model = LatencyModel(prior_intercept_s=0.009, prior_slope_s=0.001, prior_overhead_s=0.0)
     # b / (a + k b) = 0.9 / k  at  b = 0.9 a / (0.1 k) = 81

@@ -102,9 +102,22 @@ def test_a_request_that_would_make_the_batch_late_is_left_out() -> None:
 
 def test_admission_rejects_what_cannot_be_met_with_retry_after() -> None:
     p = planner()
-    with pytest.raises(Overloaded, match="predicted completion in 11 ms, budget 5 ms") as info:
-        p.admit(entry(1, 5), 0.0)
+    p.in_flight = 1
+    with pytest.raises(Overloaded, match="predicted completion in 20 ms, budget 5 ms") as info:
+        p.admit(entry(1, 5), 0.0)  # half a full batch t(8)/2 = 9 ms, then t(1) = 11 ms
     assert info.value.retry_after_s >= 1
+
+
+def test_regression_idle_pipeline_always_probes() -> None:
+    # After an overload the model may predict everything late; an idle pipeline that
+    # refused everything would never measure again and refuse forever.
+    p = planner()
+    p.latency.overhead_s = 10.0  # a stale, absurd estimate
+    p.admit(entry(1, 50), 0.0)
+    plan = p.plan(0.0)
+    assert names(plan.batch) == [1] and plan.expired == []
+    with pytest.raises(Overloaded):  # busy now: predictions apply again
+        p.admit(entry(2, 50), 0.0)
 
 
 def test_lower_priority_is_rejected_first_under_load() -> None:

@@ -1,0 +1,191 @@
+"""SLO benchmark: this gateway vs stock Ray Serve ``@serve.batch`` (default and hand-tuned
+knobs, default proxy) vs the raw in-process model limit, side by side in one run.
+
+    python loadtests/bench_slo.py [--seconds 8] [--rates 100 200 400 700 1000 1400]
+
+Same model (digits), same open-loop load for every system: Poisson arrivals at each rate,
+then a bursty pattern at 80% of the gateway's measured capacity. For each point: throughput,
+p50/p99, goodput (answered 200 within the SLO) and SLO attainment over all offered requests.
+Writes JSON, a markdown table with ratios (gateway ÷ peer) and a PNG plot to
+``loadtests/results/``. Triton joins the comparison with the Triton launcher (issue 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from loadtests.harness import RESULTS, ROOT, Server, app_config, free_port, gateway_config
+from loadtests.openloop import Point, run
+
+MODEL = ROOT / "models" / "digits" / "1" / "model.onnx"
+BASELINE = "loadtests.baselines.serve_batch:build_app"
+
+
+def body() -> tuple[bytes, dict[str, str]]:
+    x = np.random.default_rng(0).random((1, 64), dtype=np.float32)
+    payload = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                           "data": x.ravel().tolist()}]}
+    return json.dumps(payload).encode(), {"Content-Type": "application/json",
+                                          "x-slo-class": "realtime"}
+
+
+def raw_limit(seconds: float = 3.0) -> dict[str, float]:
+    """ONNX Runtime in-process, one thread, at its best batch size: rows/s."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(MODEL), options, providers=["CPUExecutionProvider"])
+    best = {"batch": 0, "rows_per_s": 0.0}
+    for batch in (1, 8, 32, 64, 128, 256):
+        x = np.random.default_rng(0).random((batch, 64), dtype=np.float32)
+        session.run(None, {"input": x})
+        runs, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 6:
+            session.run(None, {"input": x})
+            runs += 1
+        rate = runs * batch / (time.perf_counter() - start)
+        if rate > best["rows_per_s"]:
+            best = {"batch": batch, "rows_per_s": rate}
+    return best
+
+
+def systems(workdir: Path) -> dict[str, Server]:
+    def baseline(name: str, **knobs) -> Server:
+        args = {"model_path": str(MODEL), "intra_op_num_threads": 1, **knobs}
+        return Server(name, app_config(free_port(), BASELINE, args), workdir,
+                      fast_ingress=False, ready_path="/")
+
+    return {
+        "gateway": Server("gateway", gateway_config(free_port(), ["digits"]), workdir,
+                          fast_ingress=True),
+        "serve.batch default": baseline("serve-batch-default"),
+        "serve.batch tuned": baseline("serve-batch-tuned", max_batch_size=64,
+                                      batch_wait_timeout_s=0.002),
+    }
+
+
+def sweep(url: str, rates: list[float], seconds: float, slo_s: float) -> list[Point]:
+    data, headers = body()
+    target = f"{url}/v2/models/digits/infer"
+    asyncio.run(run(target, data, headers, pattern="poisson", rate=50, seconds=2, slo_s=slo_s))
+    points = []
+    for rate in rates:
+        point = asyncio.run(run(target, data, headers, pattern="poisson", rate=rate,
+                                seconds=seconds, slo_s=slo_s))
+        print(f"  poisson {rate:6.0f} req/s -> {point}", flush=True)
+        points.append(point)
+        if point.attainment < 0.5 and point.throughput_rps < 0.5 * rate:
+            break  # far past saturation: higher rates only measure the collapse
+    return points
+
+
+def capacity(points: list[Point]) -> float:
+    """Max goodput among points with ≥99% attainment (0 if none)."""
+    return max((p.goodput_rps for p in points if p.attainment >= 0.99), default=0.0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--rates", type=float, nargs="+",
+                        default=[100, 200, 400, 700, 1000, 1400])
+    parser.add_argument("--slo-ms", type=float, default=50)
+    args = parser.parse_args()
+    slo_s = args.slo_ms / 1e3
+    results: dict[str, dict] = {"raw onnxruntime": {"limit": raw_limit()}}
+    print(f"raw limit: {results['raw onnxruntime']['limit']}", flush=True)
+    bursty_rate = None
+    with tempfile.TemporaryDirectory(prefix="bench-slo-") as tmp:
+        for name, server in systems(Path(tmp)).items():
+            print(f"{name}:", flush=True)
+            with server as url:
+                points = sweep(url, args.rates, args.seconds, slo_s)
+                if bursty_rate is None:
+                    bursty_rate = max(0.8 * capacity(points), 50.0)
+                data, headers = body()
+                bursty = asyncio.run(run(f"{url}/v2/models/digits/infer", data, headers,
+                                         pattern="bursty", rate=bursty_rate,
+                                         seconds=max(args.seconds, 10), slo_s=slo_s))
+                print(f"  bursty {bursty_rate:6.0f} req/s -> {bursty}", flush=True)
+            results[name] = {"poisson": [p.as_dict() for p in points],
+                             "bursty": bursty.as_dict(), "capacity_rps": capacity(points)}
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"slo-{stamp}.json").write_text(json.dumps({"args": vars(args),
+                                                           "results": results}, indent=2))
+    table = markdown(results, args.slo_ms, bursty_rate or 0)
+    (RESULTS / f"slo-{stamp}.md").write_text(table + "\n")
+    plot(results, RESULTS / f"slo-{stamp}.png", args.slo_ms)
+    print(table)
+    print(f"\nwritten: {RESULTS}/slo-{stamp}.{{json,md,png}}")
+    return 0
+
+
+def markdown(results: dict[str, dict], slo_ms: float, bursty_rate: float) -> str:
+    gateway = results["gateway"]
+    lines = [
+        f"digits, OIP JSON request of 1 row, SLO {slo_ms:.0f} ms, open loop (Poisson sweep; "
+        f"bursty at {bursty_rate:.0f} req/s mean = 80% of the gateway's capacity)",
+        "",
+        "| system | max goodput at ≥99% attainment (req/s) | gateway ÷ system | "
+        "bursty attainment | bursty p99 ms |",
+        "|---|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        if "limit" in result:
+            limit = result["limit"]
+            lines.append(f"| {name} (in-process, batch {limit['batch']}) | "
+                         f"{limit['rows_per_s']:.0f} rows/s | "
+                         f"{gateway['capacity_rps'] / limit['rows_per_s']:.3f} | – | – |")
+            continue
+        ratio = gateway["capacity_rps"] / result["capacity_rps"] if result["capacity_rps"] \
+            else float("inf")
+        lines.append(f"| {name} | {result['capacity_rps']:.0f} | {ratio:.2f}× | "
+                     f"{result['bursty']['attainment']:.3f} | {result['bursty']['p99_ms']:.0f} |")
+    lines += ["", "| system | offered req/s | throughput | goodput | attainment | p50 ms | "
+              "p99 ms |", "|---|---|---|---|---|---|---|"]
+    for name, result in results.items():
+        for p in result.get("poisson", []):
+            lines.append(f"| {name} | {p['offered_rps']:.0f} | {p['throughput_rps']:.0f} | "
+                         f"{p['goodput_rps']:.0f} | {p['attainment']:.3f} | {p['p50_ms']:.0f} | "
+                         f"{p['p99_ms']:.0f} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict], path: Path, slo_ms: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, result in results.items():
+        points = result.get("poisson")
+        if not points:
+            continue
+        offered = [p["offered_rps"] for p in points]
+        left.plot(offered, [p["goodput_rps"] for p in points], marker="o", label=name)
+        right.plot(offered, [p["p99_ms"] for p in points], marker="o", label=name)
+    left.plot(left.get_xlim(), left.get_xlim(), color="grey", linestyle=":", label="offered")
+    left.set(xlabel="offered load (req/s)", ylabel="goodput (req/s)",
+             title=f"goodput (answered within {slo_ms:.0f} ms)")
+    right.axhline(slo_ms, color="red", linestyle="--", label="SLO")
+    right.set(xlabel="offered load (req/s)", ylabel="p99 latency (ms)", yscale="log",
+              title="p99 latency")
+    for axis in (left, right):
+        axis.legend(fontsize=8)
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""Start and stop a server under test with ``serving run``, on a free 127.0.0.1 port, with its
+own Ray instance; bounded waits; stopped by its own PID (SIGINT, as Ctrl-C)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "loadtests" / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def gateway_config(port: int, models: list[str]) -> dict[str, Any]:
+    document = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    document["http_options"]["port"] = port
+    document["applications"][0]["args"]["models"] = models
+    return document
+
+
+def app_config(port: int, import_path: str, args: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "logging_config": {"log_level": "WARNING"},
+        "applications": [{"name": "app", "route_prefix": "/", "import_path": import_path,
+                          "args": args}],
+    }
+
+
+class Server:
+    """``with Server(name, document, workdir, fast_ingress=...) as url:`` serves until exit."""
+
+    def __init__(self, name: str, document: dict[str, Any], workdir: Path, *,
+                 fast_ingress: bool, ready_path: str = "/v2/health/ready") -> None:
+        self.name, self.document, self.workdir = name, document, workdir
+        self.fast_ingress, self.ready_path = fast_ingress, ready_path
+        self.port = document["http_options"]["port"]
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> str:
+        config = self.workdir / f"{self.name}.yaml"
+        config.write_text(yaml.safe_dump(self.document))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
+        env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="srv-bench-", dir="/tmp")
+        flags = [] if self.fast_ingress else ["--default-proxy"]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "serving.cli", "run", str(config), *flags], cwd=ROOT,
+            env=env, stdout=(self.workdir / f"{self.name}.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"{self.name} exited early; see {self.workdir / self.name}.log")
+            try:
+                response = httpx.get(url + self.ready_path, timeout=2)
+                if response.status_code in (200, 404, 405):  # baselines answer any path
+                    return url
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.__exit__()
+        raise SystemExit(f"{self.name} not ready within 180 s")
+
+    def __exit__(self, *exc: object) -> None:
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
