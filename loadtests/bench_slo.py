@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from loadtests.harness import RESULTS, ROOT, Server, app_config, free_port, gateway_config
@@ -72,7 +73,22 @@ def systems(workdir: Path) -> dict[str, Server]:
     }
 
 
-def sweep(url: str, rates: list[float], seconds: float, slo_s: float) -> list[Point]:
+def drain(url: str, path: str, limit_s: float = 30.0) -> None:
+    """Wait until the server answers promptly again: an overloaded point leaves a backlog
+    (abandoned requests still queued in sockets) that would otherwise spill into the next."""
+    quick, deadline = 0, time.monotonic() + limit_s
+    while quick < 3 and time.monotonic() < deadline:
+        start = time.monotonic()
+        try:
+            httpx.get(url + path, timeout=5)
+        except httpx.HTTPError:
+            pass
+        quick = quick + 1 if time.monotonic() - start < 0.02 else 0
+        time.sleep(0.2)
+
+
+def sweep(url: str, rates: list[float], seconds: float, slo_s: float,
+          ready_path: str) -> list[Point]:
     data, headers = body()
     target = f"{url}/v2/models/digits/infer"
     asyncio.run(run(target, data, headers, pattern="poisson", rate=50, seconds=2, slo_s=slo_s))
@@ -82,6 +98,7 @@ def sweep(url: str, rates: list[float], seconds: float, slo_s: float) -> list[Po
                                 seconds=seconds, slo_s=slo_s))
         print(f"  poisson {rate:6.0f} req/s -> {point}", flush=True)
         points.append(point)
+        drain(url, ready_path)
         if point.attainment < 0.5 and point.throughput_rps < 0.5 * rate:
             break  # far past saturation: higher rates only measure the collapse
     return points
@@ -107,7 +124,7 @@ def main() -> int:
         for name, server in systems(Path(tmp)).items():
             print(f"{name}:", flush=True)
             with server as url:
-                points = sweep(url, args.rates, args.seconds, slo_s)
+                points = sweep(url, args.rates, args.seconds, slo_s, server.ready_path)
                 if bursty_rate is None:
                     bursty_rate = max(0.8 * capacity(points), 50.0)
                 data, headers = body()

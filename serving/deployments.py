@@ -52,7 +52,8 @@ class ModelWorker:
         return self._profile
 
     async def infer_batch(self, batch: list[Tensors]) -> tuple[list[Result], float]:
-        return self.worker.infer_batch(batch)
+        # Off the event loop: a heavy batch must not stall health checks and metrics.
+        return await asyncio.to_thread(self.worker.infer_batch, batch)
 
     def ready(self) -> bool:
         return True

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from serving.cli import FAST_INGRESS
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
@@ -25,8 +27,7 @@ for _key, _value in {
     "RAY_TMPDIR": _RAY_TMP,
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_SERVE_ENABLE_HA_PROXY": "1",
-    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+    **FAST_INGRESS,  # the project's launch settings (serving run)
     "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
     "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
     "RAY_DEDUP_LOGS": "0",

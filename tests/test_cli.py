@@ -1,0 +1,43 @@
+"""The launch path's environment and config pre-check (no Ray started here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from serving.cli import FAST_INGRESS, check_config, launch_env
+
+from .conftest import ROOT
+
+
+def test_fast_ingress_by_default_and_a_fresh_local_ray() -> None:
+    env = launch_env(fast_ingress=True, base={})
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
+    assert env["RAY_ADDRESS"] == "local"
+
+
+def test_default_proxy_is_stock_ray_serve() -> None:
+    env = launch_env(fast_ingress=False, base={"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"})
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0"
+    assert not set(FAST_INGRESS) - {"RAY_SERVE_ENABLE_HA_PROXY",
+                                    "RAY_SERVE_ENABLE_DIRECT_INGRESS"} & set(env)
+
+
+def test_explicit_environment_wins() -> None:
+    assert launch_env(fast_ingress=True, base={"RAY_ADDRESS": "auto"})["RAY_ADDRESS"] == "auto"
+
+
+def test_shipped_configs_pass_the_pre_check(model_repository: Path) -> None:
+    for path in (ROOT / "configs").glob("*.yaml"):
+        assert check_config(path) == []
+
+
+def test_pre_check_names_the_bad_field(tmp_path: Path, model_repository: Path) -> None:
+    document = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    document["applications"][0]["args"]["max_request_bytes"] = -5
+    document["applications"][0]["args"]["model_repository"] = str(model_repository)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(document))
+    (problem,) = check_config(path)
+    assert "max_request_bytes" in problem and "-5" in problem
