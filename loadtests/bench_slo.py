@@ -159,13 +159,12 @@ def markdown(results: dict[str, dict], slo_ms: float, bursty_rate: float) -> str
     for name, result in results.items():
         if "limit" in result:
             limit = result["limit"]
-            lines.append(f"| {name} (in-process, batch {limit['batch']}) | "
-                         f"{limit['rows_per_s']:.0f} rows/s | "
-                         f"{gateway['capacity_rps'] / limit['rows_per_s']:.3f} | – | – |")
+            lines.append(f"| {name} (in-process, batch {limit['batch']}, no HTTP) | "
+                         f"{limit['rows_per_s']:.0f} rows/s (ceiling) | – | – | – |")
             continue
-        ratio = gateway["capacity_rps"] / result["capacity_rps"] if result["capacity_rps"] \
-            else float("inf")
-        lines.append(f"| {name} | {result['capacity_rps']:.0f} | {ratio:.2f}× | "
+        ratio = (f"{gateway['capacity_rps'] / result['capacity_rps']:.2f}×"
+                 if result["capacity_rps"] else "∞ (no point reached 99%)")
+        lines.append(f"| {name} | {result['capacity_rps']:.0f} | {ratio} | "
                      f"{result['bursty']['attainment']:.3f} | {result['bursty']['p99_ms']:.0f} |")
     lines += ["", "| system | offered req/s | throughput | goodput | attainment | p50 ms | "
               "p99 ms |", "|---|---|---|---|---|---|---|"]
