@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from serving.batching.merge import group_compatible, merge, rows, split
+from serving.batching.merge import group_compatible, merge, split
 from serving.config import ModelSpec, TensorSpec
 from serving.errors import BackendError, ServingError
 from serving.protocol.tensors import DATATYPES
@@ -112,4 +112,4 @@ def _zeros(tensor: TensorSpec, batch: int, spec: ModelSpec) -> np.ndarray:
     return np.zeros(shape, dtype=DATATYPES[tensor.datatype])
 
 
-__all__ = ["Worker", "Result", "rows"]
+__all__ = ["Worker", "Result"]
