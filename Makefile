@@ -10,7 +10,7 @@ CONFIG ?= configs/quickstart.yaml
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(DEVICE)
 
-.PHONY: setup models serve test lint bench clean
+.PHONY: setup models serve test lint bench bench-slo triton-env clean
 
 setup: $(STAMP)
 
@@ -38,5 +38,19 @@ test: models lint
 bench: models
 	$(BIN)/python loadtests/bench_ingress.py
 
+bench-slo: models triton-env
+	$(BIN)/python loadtests/bench_slo.py
+
+# A real Triton server (the binary in the nvidia-pytriton wheel) needs its own venv: the
+# wheel pins numpy<2. serving/tritonserver.py starts it.
+TRITON_VENV ?= .venv-triton
+triton-env: $(TRITON_VENV)/.installed
+
+$(TRITON_VENV)/.installed:
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install --quiet 'nvidia-pytriton==0.7.0' 'onnxruntime>=1.20,<2'
+	touch $@
+
 clean:
-	rm -rf $(VENV) models/*/[0-9]*/ models/minilm/tokenizer
+	rm -rf $(VENV) $(TRITON_VENV) models/*/[0-9]*/ models/minilm/tokenizer

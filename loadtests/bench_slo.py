@@ -7,7 +7,8 @@ Same model (digits), same open-loop load for every system: Poisson arrivals at e
 then a bursty pattern at 80% of the gateway's measured capacity. For each point: throughput,
 p50/p99, goodput (answered 200 within the SLO) and SLO attainment over all offered requests.
 Writes JSON, a markdown table with ratios (gateway ÷ peer) and a PNG plot to
-``loadtests/results/``. Triton joins the comparison with the Triton launcher (issue 4).
+``loadtests/results/``. Triton (its dynamic batcher, 1 ms max queue delay, ORT in the Python
+backend, one thread like the others) joins when ``make triton-env`` has built its venv.
 """
 
 from __future__ import annotations
@@ -58,19 +59,45 @@ def raw_limit(seconds: float = 3.0) -> dict[str, float]:
     return best
 
 
-def systems(workdir: Path) -> dict[str, Server]:
+class TritonSystem:
+    """Triton's dynamic batcher over the same ONNX model (ORT in its Python backend)."""
+
+    ready_path = "/v2/health/ready"
+
+    def __init__(self, log: Path) -> None:
+        from serving.config import load_model_spec
+        from serving.tritonserver import TritonServer
+
+        spec = load_model_spec(ROOT / "models", "digits")
+        self.server = TritonServer([spec], http_port=free_port(), grpc_port=free_port(),
+                                   log=log)
+
+    def __enter__(self) -> str:
+        self.server.start()
+        return f"http://{self.server.http_url}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+
+
+def systems(workdir: Path) -> dict[str, Server | TritonSystem]:
     def baseline(name: str, **knobs) -> Server:
         args = {"model_path": str(MODEL), "intra_op_num_threads": 1, **knobs}
         return Server(name, app_config(free_port(), BASELINE, args), workdir,
                       fast_ingress=False, ready_path="/")
 
-    return {
+    found: dict[str, Server | TritonSystem] = {
         "gateway": Server("gateway", gateway_config(free_port(), ["digits"]), workdir,
                           fast_ingress=True),
         "serve.batch default": baseline("serve-batch-default"),
         "serve.batch tuned": baseline("serve-batch-tuned", max_batch_size=64,
                                       batch_wait_timeout_s=0.002),
     }
+    if (ROOT / ".venv-triton" / ".installed").exists():
+        found["triton"] = TritonSystem(workdir / "triton.log")
+    else:
+        print("triton: skipped (run `make triton-env` to include it)", flush=True)
+    return found
 
 
 def drain(url: str, path: str, limit_s: float = 30.0) -> None:
@@ -113,7 +140,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--rates", type=float, nargs="+",
-                        default=[100, 200, 400, 700, 1000, 1400])
+                        default=[100, 200, 400, 700, 1000, 1400, 2000])
     parser.add_argument("--slo-ms", type=float, default=50)
     args = parser.parse_args()
     slo_s = args.slo_ms / 1e3
