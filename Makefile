@@ -32,7 +32,7 @@ serve: models
 lint: $(STAMP)
 	$(BIN)/ruff check serving tests models loadtests
 
-test: models lint
+test: models lint triton-env
 	$(BIN)/pytest
 
 bench: models

@@ -12,42 +12,16 @@ repeats (requests/s, p50, p99, failures) with the fast/default ratio, and writes
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from loadtests.harness import RESULTS, ROOT, Server, free_port, gateway_config
+from loadtests.harness import RESULTS, Server, free_port, gateway_config, run_locust
 
 MODES = {"fast": True, "default": False}
-
-
-def run_locust(port: int, users: int, seconds: int, workdir: Path) -> dict[str, float]:
-    prefix = workdir / f"locust-{port}-{users}"
-    # The 5 s "batch" class: this measures the ingress, not SLO shedding.
-    env = {**os.environ, "BENCH_SLO_CLASS": "batch"}
-    subprocess.run(
-        [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"),
-         "--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds}s",
-         "--host", f"http://127.0.0.1:{port}", "--csv", str(prefix), "--only-summary",
-         "--stop-timeout", "5", "--loglevel", "WARNING"],
-        check=False, timeout=seconds + 60, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    with open(f"{prefix}_stats.csv") as handle:
-        row = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")
-    return {
-        "requests": int(row["Request Count"]),
-        "failures": int(row["Failure Count"]),
-        "rps": float(row["Requests/s"]),
-        "p50_ms": float(row["50%"]),
-        "p99_ms": float(row["99%"]),
-    }
 
 
 def main() -> int:

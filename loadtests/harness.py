@@ -3,6 +3,7 @@ own Ray instance; bounded waits; stopped by its own PID (SIGINT, as Ctrl-C)."""
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import socket
@@ -89,3 +90,29 @@ class Server:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=30)
+
+
+def run_locust(port: int, users: int, seconds: int, workdir: Path,
+               model: str = "digits") -> dict[str, float]:
+    """Closed-loop locust (loadtests/locustfile.py) against ``model``; the Aggregated stats.
+
+    Requests go in the 5 s ``batch`` class: this measures throughput, not SLO shedding."""
+    prefix = workdir / f"locust-{port}-{users}-{model}"
+    env = {**os.environ, "BENCH_SLO_CLASS": "batch", "BENCH_MODEL": model}
+    subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"),
+         "--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds}s",
+         "--host", f"http://127.0.0.1:{port}", "--csv", str(prefix), "--only-summary",
+         "--stop-timeout", "5", "--loglevel", "WARNING"],
+        check=False, timeout=seconds + 60, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    with open(f"{prefix}_stats.csv") as handle:
+        row = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")
+    return {
+        "requests": int(row["Request Count"]),
+        "failures": int(row["Failure Count"]),
+        "rps": float(row["Requests/s"]),
+        "p50_ms": float(row["50%"]),
+        "p99_ms": float(row["99%"]),
+    }

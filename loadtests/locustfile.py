@@ -4,7 +4,7 @@
 
 Environment: BENCH_MODEL (digits), BENCH_ROWS (1), BENCH_ENCODING (binary | json),
 BENCH_SLO_CLASS (sent as x-slo-class; unset = the model's default class).
-Only digits needs no tokenizer or image; other models take random inputs of their shape.
+digits and resnet18 take random inputs; minilm takes 32 random in-vocabulary token ids.
 """
 
 from __future__ import annotations
@@ -18,19 +18,34 @@ from locust import FastHttpUser, constant, task
 MODEL = os.environ.get("BENCH_MODEL", "digits")
 ROWS = int(os.environ.get("BENCH_ROWS", "1"))
 ENCODING = os.environ.get("BENCH_ENCODING", "binary")
-SHAPES = {"digits": ("input", [64]), "resnet18": ("image", [3, 224, 224])}
+SEQUENCE = 32  # minilm requests: 32 tokens (the benchmark's sequence length)
+
+
+def inputs() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    if MODEL == "minilm":
+        ids = rng.integers(1000, 20000, (ROWS, SEQUENCE), dtype=np.int64)
+        ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP]
+        return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    if MODEL == "resnet18":
+        return {"image": rng.random((ROWS, 3, 224, 224), dtype=np.float32)}
+    return {"input": rng.random((ROWS, 64), dtype=np.float32)}
 
 
 def request_body() -> tuple[bytes, dict[str, str]]:
-    name, shape = SHAPES[MODEL]
-    x = np.random.default_rng(0).random((ROWS, *shape), dtype=np.float32)
-    tensor = {"name": name, "shape": list(x.shape), "datatype": "FP32"}
+    arrays = inputs()
+    datatypes = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
+    tensors = [{"name": n, "shape": list(a.shape), "datatype": datatypes[a.dtype]}
+               for n, a in arrays.items()]
     if ENCODING == "json":
-        tensor["data"] = x.ravel().tolist()
-        return json.dumps({"inputs": [tensor]}).encode(), {"Content-Type": "application/json"}
-    tensor["parameters"] = {"binary_data_size": x.nbytes}
-    header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}})
-    return header.encode() + x.tobytes(), {
+        for tensor, array in zip(tensors, arrays.values(), strict=True):
+            tensor["data"] = array.ravel().tolist()
+        return json.dumps({"inputs": tensors}).encode(), {"Content-Type": "application/json"}
+    for tensor, array in zip(tensors, arrays.values(), strict=True):
+        tensor["parameters"] = {"binary_data_size": array.nbytes}
+    header = json.dumps({"inputs": tensors, "parameters": {"binary_data_output": True}})
+    blob = b"".join(array.tobytes() for array in arrays.values())
+    return header.encode() + blob, {
         "Inference-Header-Content-Length": str(len(header)),
         "Content-Type": "application/octet-stream",
     }
