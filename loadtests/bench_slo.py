@@ -140,7 +140,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--rates", type=float, nargs="+",
-                        default=[100, 200, 400, 700, 1000, 1400, 2000])
+                        default=[25, 50, 100, 200, 400, 700, 1000, 1400, 2000])
     parser.add_argument("--slo-ms", type=float, default=50)
     args = parser.parse_args()
     slo_s = args.slo_ms / 1e3
