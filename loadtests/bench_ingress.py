@@ -45,8 +45,9 @@ def main() -> int:
     table = summarize(runs, args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    (RESULTS / f"ingress-{stamp}.json").write_text(json.dumps({"args": vars(args), "runs": runs},
-                                                              indent=2))
+    (RESULTS / f"ingress-{stamp}.json").write_text(
+        json.dumps({"args": vars(args), "runs": runs}, indent=2)
+    )
     print(table)
     return 0
 

@@ -30,8 +30,9 @@ def raw_rate(threads: int, seconds: float = 6.0) -> dict[str, float]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(ROOT / "models/minilm/1/model.onnx"), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(ROOT / "models/minilm/1/model.onnx"), options, providers=["CPUExecutionProvider"]
+    )
     best = {"batch": 0, "rows_per_s": 0.0}
     for batch in (1, 4, 8, 16, 32, 64):
         ids = np.random.default_rng(0).integers(1000, 20000, (batch, SEQUENCE), dtype=np.int64)
@@ -53,8 +54,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--clients", type=int, default=32)
     args = parser.parse_args()
-    pool = yaml.safe_load((ROOT / "configs/quickstart.yaml").read_text())[
-        "applications"][0]["args"]["pools"]["onprem-cpu"]
+    pool = yaml.safe_load((ROOT / "configs/quickstart.yaml").read_text())["applications"][0][
+        "args"
+    ]["pools"]["onprem-cpu"]
     threads = pool["intra_op_num_threads"]
     raw = raw_rate(threads)
     with tempfile.TemporaryDirectory(prefix="bench-minilm-") as tmp:
@@ -77,8 +79,9 @@ def main() -> int:
     ]
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    (RESULTS / f"minilm-{stamp}.json").write_text(json.dumps(
-        {"raw": raw, "gateway": gateway, "ratio": ratio, "args": vars(args)}, indent=2))
+    (RESULTS / f"minilm-{stamp}.json").write_text(
+        json.dumps({"raw": raw, "gateway": gateway, "ratio": ratio, "args": vars(args)}, indent=2)
+    )
     print("\n".join(lines))
     return 0
 

@@ -32,10 +32,15 @@ BASELINE = "loadtests.baselines.serve_batch:build_app"
 
 def body() -> tuple[bytes, dict[str, str]]:
     x = np.random.default_rng(0).random((1, 64), dtype=np.float32)
-    payload = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
-                           "data": x.ravel().tolist()}]}
-    return json.dumps(payload).encode(), {"Content-Type": "application/json",
-                                          "x-slo-class": "realtime"}
+    payload = {
+        "inputs": [
+            {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": x.ravel().tolist()}
+        ]
+    }
+    return json.dumps(payload).encode(), {
+        "Content-Type": "application/json",
+        "x-slo-class": "realtime",
+    }
 
 
 def raw_limit(seconds: float = 3.0) -> dict[str, float]:
@@ -69,8 +74,7 @@ class TritonSystem:
         from serving.tritonserver import TritonServer
 
         spec = load_model_spec(ROOT / "models", "digits")
-        self.server = TritonServer([spec], http_port=free_port(), grpc_port=free_port(),
-                                   log=log)
+        self.server = TritonServer([spec], http_port=free_port(), grpc_port=free_port(), log=log)
 
     def __enter__(self) -> str:
         self.server.start()
@@ -83,15 +87,22 @@ class TritonSystem:
 def systems(workdir: Path) -> dict[str, Server | TritonSystem]:
     def baseline(name: str, **knobs) -> Server:
         args = {"model_path": str(MODEL), "intra_op_num_threads": 1, **knobs}
-        return Server(name, app_config(free_port(), BASELINE, args), workdir,
-                      fast_ingress=False, ready_path="/")
+        return Server(
+            name,
+            app_config(free_port(), BASELINE, args),
+            workdir,
+            fast_ingress=False,
+            ready_path="/",
+        )
 
     found: dict[str, Server | TritonSystem] = {
-        "gateway": Server("gateway", gateway_config(free_port(), ["digits"]), workdir,
-                          fast_ingress=True),
+        "gateway": Server(
+            "gateway", gateway_config(free_port(), ["digits"]), workdir, fast_ingress=True
+        ),
         "serve.batch default": baseline("serve-batch-default"),
-        "serve.batch tuned": baseline("serve-batch-tuned", max_batch_size=64,
-                                      batch_wait_timeout_s=0.002),
+        "serve.batch tuned": baseline(
+            "serve-batch-tuned", max_batch_size=64, batch_wait_timeout_s=0.002
+        ),
     }
     if (ROOT / ".venv-triton" / ".installed").exists():
         found["triton"] = TritonSystem(workdir / "triton.log")
@@ -114,15 +125,17 @@ def drain(url: str, path: str, limit_s: float = 30.0) -> None:
         time.sleep(0.2)
 
 
-def sweep(url: str, rates: list[float], seconds: float, slo_s: float,
-          ready_path: str) -> list[Point]:
+def sweep(
+    url: str, rates: list[float], seconds: float, slo_s: float, ready_path: str
+) -> list[Point]:
     data, headers = body()
     target = f"{url}/v2/models/digits/infer"
     asyncio.run(run(target, data, headers, pattern="poisson", rate=50, seconds=2, slo_s=slo_s))
     points = []
     for rate in rates:
-        point = asyncio.run(run(target, data, headers, pattern="poisson", rate=rate,
-                                seconds=seconds, slo_s=slo_s))
+        point = asyncio.run(
+            run(target, data, headers, pattern="poisson", rate=rate, seconds=seconds, slo_s=slo_s)
+        )
         print(f"  poisson {rate:6.0f} req/s -> {point}", flush=True)
         points.append(point)
         drain(url, ready_path)
@@ -139,8 +152,9 @@ def capacity(points: list[Point]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8)
-    parser.add_argument("--rates", type=float, nargs="+",
-                        default=[25, 50, 100, 200, 400, 700, 1000, 1400, 2000])
+    parser.add_argument(
+        "--rates", type=float, nargs="+", default=[25, 50, 100, 200, 400, 700, 1000, 1400, 2000]
+    )
     parser.add_argument("--slo-ms", type=float, default=50)
     args = parser.parse_args()
     slo_s = args.slo_ms / 1e3
@@ -155,16 +169,28 @@ def main() -> int:
                 if bursty_rate is None:
                     bursty_rate = max(0.8 * capacity(points), 50.0)
                 data, headers = body()
-                bursty = asyncio.run(run(f"{url}/v2/models/digits/infer", data, headers,
-                                         pattern="bursty", rate=bursty_rate,
-                                         seconds=max(args.seconds, 10), slo_s=slo_s))
+                bursty = asyncio.run(
+                    run(
+                        f"{url}/v2/models/digits/infer",
+                        data,
+                        headers,
+                        pattern="bursty",
+                        rate=bursty_rate,
+                        seconds=max(args.seconds, 10),
+                        slo_s=slo_s,
+                    )
+                )
                 print(f"  bursty {bursty_rate:6.0f} req/s -> {bursty}", flush=True)
-            results[name] = {"poisson": [p.as_dict() for p in points],
-                             "bursty": bursty.as_dict(), "capacity_rps": capacity(points)}
+            results[name] = {
+                "poisson": [p.as_dict() for p in points],
+                "bursty": bursty.as_dict(),
+                "capacity_rps": capacity(points),
+            }
     stamp = time.strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"slo-{stamp}.json").write_text(json.dumps({"args": vars(args),
-                                                           "results": results}, indent=2))
+    (RESULTS / f"slo-{stamp}.json").write_text(
+        json.dumps({"args": vars(args), "results": results}, indent=2)
+    )
     table = markdown(results, args.slo_ms, bursty_rate or 0)
     (RESULTS / f"slo-{stamp}.md").write_text(table + "\n")
     plot(results, RESULTS / f"slo-{stamp}.png", args.slo_ms)
@@ -186,20 +212,32 @@ def markdown(results: dict[str, dict], slo_ms: float, bursty_rate: float) -> str
     for name, result in results.items():
         if "limit" in result:
             limit = result["limit"]
-            lines.append(f"| {name} (in-process, batch {limit['batch']}, no HTTP) | "
-                         f"{limit['rows_per_s']:.0f} rows/s (ceiling) | – | – | – |")
+            lines.append(
+                f"| {name} (in-process, batch {limit['batch']}, no HTTP) | "
+                f"{limit['rows_per_s']:.0f} rows/s (ceiling) | – | – | – |"
+            )
             continue
-        ratio = (f"{gateway['capacity_rps'] / result['capacity_rps']:.2f}×"
-                 if result["capacity_rps"] else "∞ (no point reached 99%)")
-        lines.append(f"| {name} | {result['capacity_rps']:.0f} | {ratio} | "
-                     f"{result['bursty']['attainment']:.3f} | {result['bursty']['p99_ms']:.0f} |")
-    lines += ["", "| system | offered req/s | throughput | goodput | attainment | p50 ms | "
-              "p99 ms |", "|---|---|---|---|---|---|---|"]
+        ratio = (
+            f"{gateway['capacity_rps'] / result['capacity_rps']:.2f}×"
+            if result["capacity_rps"]
+            else "∞ (no point reached 99%)"
+        )
+        lines.append(
+            f"| {name} | {result['capacity_rps']:.0f} | {ratio} | "
+            f"{result['bursty']['attainment']:.3f} | {result['bursty']['p99_ms']:.0f} |"
+        )
+    lines += [
+        "",
+        "| system | offered req/s | throughput | goodput | attainment | p50 ms | p99 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, result in results.items():
         for p in result.get("poisson", []):
-            lines.append(f"| {name} | {p['offered_rps']:.0f} | {p['throughput_rps']:.0f} | "
-                         f"{p['goodput_rps']:.0f} | {p['attainment']:.3f} | {p['p50_ms']:.0f} | "
-                         f"{p['p99_ms']:.0f} |")
+            lines.append(
+                f"| {name} | {p['offered_rps']:.0f} | {p['throughput_rps']:.0f} | "
+                f"{p['goodput_rps']:.0f} | {p['attainment']:.3f} | {p['p50_ms']:.0f} | "
+                f"{p['p99_ms']:.0f} |"
+            )
     return "\n".join(lines)
 
 
@@ -218,11 +256,15 @@ def plot(results: dict[str, dict], path: Path, slo_ms: float) -> None:
         left.plot(offered, [p["goodput_rps"] for p in points], marker="o", label=name)
         right.plot(offered, [p["p99_ms"] for p in points], marker="o", label=name)
     left.plot(left.get_xlim(), left.get_xlim(), color="grey", linestyle=":", label="offered")
-    left.set(xlabel="offered load (req/s)", ylabel="goodput (req/s)",
-             title=f"goodput (answered within {slo_ms:.0f} ms)")
+    left.set(
+        xlabel="offered load (req/s)",
+        ylabel="goodput (req/s)",
+        title=f"goodput (answered within {slo_ms:.0f} ms)",
+    )
     right.axhline(slo_ms, color="red", linestyle="--", label="SLO")
-    right.set(xlabel="offered load (req/s)", ylabel="p99 latency (ms)", yscale="log",
-              title="p99 latency")
+    right.set(
+        xlabel="offered load (req/s)", ylabel="p99 latency (ms)", yscale="log", title="p99 latency"
+    )
     for axis in (left, right):
         axis.legend(fontsize=8)
         axis.grid(alpha=0.3)

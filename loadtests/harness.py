@@ -39,16 +39,24 @@ def app_config(port: int, import_path: str, args: dict[str, Any]) -> dict[str, A
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": port},
         "logging_config": {"log_level": "WARNING"},
-        "applications": [{"name": "app", "route_prefix": "/", "import_path": import_path,
-                          "args": args}],
+        "applications": [
+            {"name": "app", "route_prefix": "/", "import_path": import_path, "args": args}
+        ],
     }
 
 
 class Server:
     """``with Server(name, document, workdir, fast_ingress=...) as url:`` serves until exit."""
 
-    def __init__(self, name: str, document: dict[str, Any], workdir: Path, *,
-                 fast_ingress: bool, ready_path: str = "/v2/health/ready") -> None:
+    def __init__(
+        self,
+        name: str,
+        document: dict[str, Any],
+        workdir: Path,
+        *,
+        fast_ingress: bool,
+        ready_path: str = "/v2/health/ready",
+    ) -> None:
         self.name, self.document, self.workdir = name, document, workdir
         self.fast_ingress, self.ready_path = fast_ingress, ready_path
         self.port = document["http_options"]["port"]
@@ -61,8 +69,10 @@ class Server:
         env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="srv-bench-", dir="/tmp")
         flags = [] if self.fast_ingress else ["--default-proxy"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "serving.cli", "run", str(config), *flags], cwd=ROOT,
-            env=env, stdout=(self.workdir / f"{self.name}.log").open("wb"),
+            [sys.executable, "-m", "serving.cli", "run", str(config), *flags],
+            cwd=ROOT,
+            env=env,
+            stdout=(self.workdir / f"{self.name}.log").open("wb"),
             stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{self.port}"
@@ -92,20 +102,43 @@ class Server:
             process.wait(timeout=30)
 
 
-def run_locust(port: int, users: int, seconds: int, workdir: Path,
-               model: str = "digits") -> dict[str, float]:
+def run_locust(
+    port: int, users: int, seconds: int, workdir: Path, model: str = "digits"
+) -> dict[str, float]:
     """Closed-loop locust (loadtests/locustfile.py) against ``model``; the Aggregated stats.
 
     Requests go in the 5 s ``batch`` class: this measures throughput, not SLO shedding."""
     prefix = workdir / f"locust-{port}-{users}-{model}"
     env = {**os.environ, "BENCH_SLO_CLASS": "batch", "BENCH_MODEL": model}
     subprocess.run(
-        [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"),
-         "--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds}s",
-         "--host", f"http://127.0.0.1:{port}", "--csv", str(prefix), "--only-summary",
-         "--stop-timeout", "5", "--loglevel", "WARNING"],
-        check=False, timeout=seconds + 60, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(ROOT / "loadtests" / "locustfile.py"),
+            "--headless",
+            "-u",
+            str(users),
+            "-r",
+            str(users),
+            "-t",
+            f"{seconds}s",
+            "--host",
+            f"http://127.0.0.1:{port}",
+            "--csv",
+            str(prefix),
+            "--only-summary",
+            "--stop-timeout",
+            "5",
+            "--loglevel",
+            "WARNING",
+        ],
+        check=False,
+        timeout=seconds + 60,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     with open(f"{prefix}_stats.csv") as handle:
         row = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")

@@ -35,8 +35,10 @@ def inputs() -> dict[str, np.ndarray]:
 def request_body() -> tuple[bytes, dict[str, str]]:
     arrays = inputs()
     datatypes = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
-    tensors = [{"name": n, "shape": list(a.shape), "datatype": datatypes[a.dtype]}
-               for n, a in arrays.items()]
+    tensors = [
+        {"name": n, "shape": list(a.shape), "datatype": datatypes[a.dtype]}
+        for n, a in arrays.items()
+    ]
     if ENCODING == "json":
         for tensor, array in zip(tensors, arrays.values(), strict=True):
             tensor["data"] = array.ravel().tolist()
@@ -61,7 +63,12 @@ class OipClient(FastHttpUser):
 
     @task
     def infer(self) -> None:
-        with self.client.post(f"/v2/models/{MODEL}/infer", data=BODY, headers=HEADERS,
-                              name=f"infer {MODEL}", catch_response=True) as response:
+        with self.client.post(
+            f"/v2/models/{MODEL}/infer",
+            data=BODY,
+            headers=HEADERS,
+            name=f"infer {MODEL}",
+            catch_response=True,
+        ) as response:
             if response.status_code != 200:
                 response.failure(f"{response.status_code}: {response.text[:200]}")

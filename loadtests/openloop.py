@@ -53,8 +53,17 @@ def _percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 10) - 1]
 
 
-async def run(url: str, body: bytes, headers: dict[str, str], *, pattern: str, rate: float,
-              seconds: float, slo_s: float, timeout_s: float = 5.0) -> Point:
+async def run(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    pattern: str,
+    rate: float,
+    seconds: float,
+    slo_s: float,
+    timeout_s: float = 5.0,
+) -> Point:
     """Offer ``rate`` req/s for ``seconds``; measure every request until ``timeout_s``."""
     schedule = arrivals(pattern, rate, seconds)
     latencies: list[float] = []
@@ -87,8 +96,15 @@ async def run(url: str, body: bytes, headers: dict[str, str], *, pattern: str, r
         await asyncio.gather(*(one(at, start) for at in schedule))
     offered = len(schedule)
     return Point(
-        pattern=pattern, offered_rps=rate, offered=offered, ok=len(latencies), good=good,
-        errors=errors, throughput_rps=len(latencies) / seconds, goodput_rps=good / seconds,
+        pattern=pattern,
+        offered_rps=rate,
+        offered=offered,
+        ok=len(latencies),
+        good=good,
+        errors=errors,
+        throughput_rps=len(latencies) / seconds,
+        goodput_rps=good / seconds,
         attainment=good / offered if offered else 0.0,
-        p50_ms=_percentile(latencies, 50) * 1e3, p99_ms=_percentile(latencies, 99) * 1e3,
+        p50_ms=_percentile(latencies, 50) * 1e3,
+        p99_ms=_percentile(latencies, 99) * 1e3,
     )

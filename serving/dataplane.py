@@ -67,7 +67,6 @@ class Workers(Protocol):
         ...
 
 
-
 def _metadata(tensors: list[TensorSpec]) -> list[MetadataTensor]:
     return [MetadataTensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in tensors]
 

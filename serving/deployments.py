@@ -167,9 +167,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         name: {
             pool_name: ModelWorker.options(
                 **_worker_options(name, pool_name, pool, config.gateway_replicas)
-            ).bind(
-                spec, pool_name, pool
-            )
+            ).bind(spec, pool_name, pool)
             for pool_name, pool in config.pools.items()
             if not (spec.residency == "onprem" and pool.location == "cloud")
         }

@@ -31,10 +31,19 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VENV = ROOT / ".venv-triton"
 # OIP datatype -> Triton config.pbtxt data_type.
 TRITON_TYPES = {
-    "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16",
-    "UINT32": "TYPE_UINT32", "UINT64": "TYPE_UINT64", "INT8": "TYPE_INT8",
-    "INT16": "TYPE_INT16", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64", "FP16": "TYPE_FP16",
-    "FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "BYTES": "TYPE_STRING",
+    "BOOL": "TYPE_BOOL",
+    "UINT8": "TYPE_UINT8",
+    "UINT16": "TYPE_UINT16",
+    "UINT32": "TYPE_UINT32",
+    "UINT64": "TYPE_UINT64",
+    "INT8": "TYPE_INT8",
+    "INT16": "TYPE_INT16",
+    "INT32": "TYPE_INT32",
+    "INT64": "TYPE_INT64",
+    "FP16": "TYPE_FP16",
+    "FP32": "TYPE_FP32",
+    "FP64": "TYPE_FP64",
+    "BYTES": "TYPE_STRING",
 }
 MODEL_PY = '''\
 import sys
@@ -115,10 +124,12 @@ class Installation:
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
         links = {
             "libtriton_python.so": self.home / "backends/python/libtriton_python.so",
-            "triton_python_backend_utils.py":
-                self.home / "backends/python/triton_python_backend_utils.py",
-            "triton_python_backend_stub":
-                self.home / "python_backend_stubs" / version / "triton_python_backend_stub",
+            "triton_python_backend_utils.py": self.home
+            / "backends/python/triton_python_backend_utils.py",
+            "triton_python_backend_stub": self.home
+            / "python_backend_stubs"
+            / version
+            / "triton_python_backend_stub",
         }
         for name, target in links.items():
             if not (python / name).exists():
@@ -137,24 +148,36 @@ def _tensor(spec: ModelSpec, name: str, datatype: str, shape: list[int]) -> str:
     return text + (", reshape: { shape: [ ] } }" if reshape else " }")
 
 
-def write_repository(specs: list[ModelSpec], out: Path, installation: Installation, *,
-                     threads: int = 1, max_queue_delay_us: int = 1000) -> Path:
+def write_repository(
+    specs: list[ModelSpec],
+    out: Path,
+    installation: Installation,
+    *,
+    threads: int = 1,
+    max_queue_delay_us: int = 1000,
+) -> Path:
     """A Triton model repository serving ``specs`` (ORT in the Python backend)."""
     for spec in specs:
         folder = out / spec.name
         (folder / "1").mkdir(parents=True, exist_ok=True)
         inputs = ",\n  ".join(_tensor(spec, t.name, t.datatype, t.shape) for t in spec.inputs)
         outputs = ",\n  ".join(_tensor(spec, t.name, t.datatype, t.shape) for t in spec.outputs)
-        config = [f'name: "{spec.name}"', 'backend: "python"',
-                  f"max_batch_size: {spec.max_batch_size}",
-                  f"input [\n  {inputs}\n]", f"output [\n  {outputs}\n]",
-                  "instance_group [ { kind: KIND_CPU, count: 1 } ]"]
+        config = [
+            f'name: "{spec.name}"',
+            'backend: "python"',
+            f"max_batch_size: {spec.max_batch_size}",
+            f"input [\n  {inputs}\n]",
+            f"output [\n  {outputs}\n]",
+            "instance_group [ { kind: KIND_CPU, count: 1 } ]",
+        ]
         if spec.max_batch_size > 0:
-            config.append(f"dynamic_batching {{ max_queue_delay_microseconds: "
-                          f"{max_queue_delay_us} }}")
+            config.append(
+                f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}"
+            )
         (folder / "config.pbtxt").write_text("\n".join(config) + "\n")
-        (folder / "1" / "model.py").write_text(MODEL_PY.format(
-            site_packages=str(installation.site_packages), threads=threads))
+        (folder / "1" / "model.py").write_text(
+            MODEL_PY.format(site_packages=str(installation.site_packages), threads=threads)
+        )
         link = folder / "1" / "model.onnx"
         if not link.exists():
             link.symlink_to(spec.path)
@@ -164,8 +187,16 @@ def write_repository(specs: list[ModelSpec], out: Path, installation: Installati
 class TritonServer:
     """``with TritonServer(models) as server:`` — ``server.http_url`` / ``server.grpc_url``."""
 
-    def __init__(self, specs: list[ModelSpec], *, http_port: int, grpc_port: int,
-                 venv: Path = DEFAULT_VENV, threads: int = 1, log: Path | None = None) -> None:
+    def __init__(
+        self,
+        specs: list[ModelSpec],
+        *,
+        http_port: int,
+        grpc_port: int,
+        venv: Path = DEFAULT_VENV,
+        threads: int = 1,
+        log: Path | None = None,
+    ) -> None:
         self.specs, self.http_port, self.grpc_port = specs, http_port, grpc_port
         self.installation = Installation(venv)
         self.threads, self.log = threads, log
@@ -184,24 +215,39 @@ class TritonServer:
         self.installation.check()
         self._tmp = tempfile.TemporaryDirectory(prefix="triton-")
         work = Path(self._tmp.name)
-        repository = write_repository(self.specs, work / "models", self.installation,
-                                      threads=self.threads)
+        repository = write_repository(
+            self.specs, work / "models", self.installation, threads=self.threads
+        )
         env = dict(os.environ)
         libdir = sysconfig.get_config_var("LIBDIR") or ""
         env["LD_LIBRARY_PATH"] = ":".join(p for p in (libdir, env.get("LD_LIBRARY_PATH")) if p)
-        command = [str(self.installation.binary), "--model-repository", str(repository),
-                   "--backend-directory", str(self.installation.backends(work)),
-                   "--http-address", "127.0.0.1", "--http-port", str(self.http_port),
-                   "--grpc-address", "127.0.0.1", "--grpc-port", str(self.grpc_port),
-                   "--allow-metrics", "false", "--log-verbose", "0"]
+        command = [
+            str(self.installation.binary),
+            "--model-repository",
+            str(repository),
+            "--backend-directory",
+            str(self.installation.backends(work)),
+            "--http-address",
+            "127.0.0.1",
+            "--http-port",
+            str(self.http_port),
+            "--grpc-address",
+            "127.0.0.1",
+            "--grpc-port",
+            str(self.grpc_port),
+            "--allow-metrics",
+            "false",
+            "--log-verbose",
+            "0",
+        ]
         output = (self.log or work / "tritonserver.log").open("wb")
-        self.process = subprocess.Popen(command, env=env, stdout=output,
-                                        stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with {self.process.returncode}; "
-                                   f"log: {output.name}")
+                raise RuntimeError(
+                    f"tritonserver exited with {self.process.returncode}; log: {output.name}"
+                )
             try:
                 if httpx.get(f"http://{self.http_url}/v2/health/ready", timeout=1).is_success:
                     return
@@ -242,8 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
     args = parser.parse_args(argv)
     specs = [load_model_spec(args.repository, name) for name in args.models]
-    with TritonServer(specs, http_port=args.http_port, grpc_port=args.grpc_port,
-                      venv=args.venv) as server:
+    with TritonServer(
+        specs, http_port=args.http_port, grpc_port=args.grpc_port, venv=args.venv
+    ) as server:
         print(f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url} (Ctrl-C stops)")
         try:
             signal.sigwait({signal.SIGINT, signal.SIGTERM})

@@ -21,12 +21,12 @@ from starlette.responses import Response
 
 @serve.deployment(max_ongoing_requests=1024)
 class BatchedOnnx:
-    def __init__(self, model_path: str, threads: int, max_batch_size: int | None,
-                 wait_s: float | None) -> None:
+    def __init__(
+        self, model_path: str, threads: int, max_batch_size: int | None, wait_s: float | None
+    ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(model_path, options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         if max_batch_size is not None:
             self.run_batch.set_max_batch_size(max_batch_size)
@@ -45,8 +45,12 @@ class BatchedOnnx:
         tensor = body["inputs"][0]
         x = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
         data = await self.run_batch(x)
-        payload = {"model_name": "baseline", "outputs": [
-            {"name": "probabilities", "datatype": "FP32", "shape": [len(x), -1], "data": data}]}
+        payload = {
+            "model_name": "baseline",
+            "outputs": [
+                {"name": "probabilities", "datatype": "FP32", "shape": [len(x), -1], "data": data}
+            ],
+        }
         return Response(json.dumps(payload), media_type="application/json")
 
 

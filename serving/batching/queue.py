@@ -134,15 +134,21 @@ class BatchPlanner:
         """Expire the doomed, then choose a batch to send now (or when to look again)."""
         # An idle pipeline tries its head request until the real deadline (see admit()).
         probe = self.queue[0] if self.in_flight == 0 and self.queue else None
-        expired = [e for e in self.queue if now > self.doom(e) and not (
-            e is probe and now < e.ticket.deadline)]
+        expired = [
+            e
+            for e in self.queue
+            if now > self.doom(e) and not (e is probe and now < e.ticket.deadline)
+        ]
         if expired:
             gone = set(map(id, expired))
             self.queue = [e for e in self.queue if id(e) not in gone]
         if not self.queue:
             return Plan([], expired, None)
-        earliest_doom = min(self.doom(e) for e in self.queue if e is not probe) \
-            if len(self.queue) > (probe is not None) else math.inf
+        earliest_doom = (
+            min(self.doom(e) for e in self.queue if e is not probe)
+            if len(self.queue) > (probe is not None)
+            else math.inf
+        )
         if self.in_flight >= self.slots:
             return Plan([], expired, _finite(earliest_doom))
         cap = self.latency.saturation_rows(self.max_rows)
@@ -212,9 +218,14 @@ class BatchQueue:
             raise
         for victim in evicted:
             metrics.REJECTIONS.labels(self.model, victim.ticket.slo_class, "shed").inc()
-            self._fail(victim, Overloaded(
-                f"shed from a full queue for a more important request "
-                f"(SLO class '{victim.ticket.slo_class}')", retry_after_s=1.0))
+            self._fail(
+                victim,
+                Overloaded(
+                    f"shed from a full queue for a more important request "
+                    f"(SLO class '{victim.ticket.slo_class}')",
+                    retry_after_s=1.0,
+                ),
+            )
         self._pump()
         try:
             return await entry.future
@@ -232,15 +243,20 @@ class BatchQueue:
             plan = self.planner.plan(now)
             for entry in plan.expired:
                 metrics.REJECTIONS.labels(self.model, entry.ticket.slo_class, "deadline").inc()
-                self._fail(entry, DeadlineExceeded(
-                    f"SLO class '{entry.ticket.slo_class}' deadline "
-                    f"({entry.ticket.budget_s * 1e3:.0f} ms) cannot be met after "
-                    f"{(now - entry.ticket.arrival) * 1e3:.0f} ms in the queue"))
+                self._fail(
+                    entry,
+                    DeadlineExceeded(
+                        f"SLO class '{entry.ticket.slo_class}' deadline "
+                        f"({entry.ticket.budget_s * 1e3:.0f} ms) cannot be met after "
+                        f"{(now - entry.ticket.arrival) * 1e3:.0f} ms in the queue"
+                    ),
+                )
             if not plan.batch:
                 break
             for entry in plan.batch:
                 metrics.QUEUE_WAIT.labels(self.model, entry.ticket.slo_class).observe(
-                    now - entry.ticket.arrival)
+                    now - entry.ticket.arrival
+                )
             task = asyncio.create_task(self._run(plan.batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
