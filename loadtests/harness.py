@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -61,12 +62,14 @@ class Server:
         self.fast_ingress, self.ready_path = fast_ingress, ready_path
         self.port = document["http_options"]["port"]
         self.process: subprocess.Popen | None = None
+        self.ray_tmp = ""
 
     def __enter__(self) -> str:
         config = self.workdir / f"{self.name}.yaml"
         config.write_text(yaml.safe_dump(self.document))
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
-        env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="srv-bench-", dir="/tmp")
+        self.ray_tmp = tempfile.mkdtemp(prefix="srv-bench-", dir="/tmp")
+        env["RAY_TMPDIR"] = self.ray_tmp
         flags = [] if self.fast_ingress else ["--default-proxy"]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "serving.cli", "run", str(config), *flags],
@@ -92,14 +95,14 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         process = self.process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
 
 def run_locust(

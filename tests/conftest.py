@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -23,6 +25,7 @@ def free_port() -> int:
 # no auth token, no usage stats, the project's fast ingress, and fallback-proxy ports that
 # cannot collide with a gateway the developer runs on the default ports.
 _RAY_TMP = tempfile.mkdtemp(prefix="srv-", dir="/tmp")
+atexit.register(shutil.rmtree, _RAY_TMP, ignore_errors=True)  # after Ray has shut down
 for _key, _value in {
     "RAY_TMPDIR": _RAY_TMP,
     "RAY_AUTH_MODE": "disabled",

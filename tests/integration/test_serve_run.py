@@ -4,10 +4,12 @@ here with Ray Serve's default Python proxy, the supported fallback to the fast i
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +34,18 @@ def write_config(tmp_path: Path, port: int, models: list[str]) -> Path:
     return path
 
 
-def launch(config: Path, tmp_path: Path, *extra: str) -> subprocess.Popen:
+@pytest.fixture
+def ray_tmp() -> Iterator[str]:
+    """A Ray temp dir of the server's own, apart from the session's (short path: AF_UNIX
+    socket paths are limited to 107 bytes), removed afterwards."""
+    path = tempfile.mkdtemp(prefix="srv-run-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def launch(config: Path, tmp_path: Path, ray_tmp: str, *extra: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
-    # A Ray instance of its own, apart from the session's (short path: AF_UNIX limit 107 bytes).
-    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="srv-run-", dir="/tmp")
+    env["RAY_TMPDIR"] = ray_tmp
     return subprocess.Popen([*SERVING, str(config), *extra], cwd=ROOT, env=env,
                             stdout=(tmp_path / "serve.log").open("wb"), stderr=subprocess.STDOUT)
 
@@ -51,9 +61,11 @@ def stop(process: subprocess.Popen) -> int:
     return process.wait(timeout=30)
 
 
-def test_default_proxy_serves_predictions(model_repository: Path, tmp_path: Path) -> None:
+def test_default_proxy_serves_predictions(model_repository: Path, tmp_path: Path,
+                                          ray_tmp: str) -> None:
     port = free_port()
-    process = launch(write_config(tmp_path, port, ["digits"]), tmp_path, "--default-proxy")
+    process = launch(write_config(tmp_path, port, ["digits"]), tmp_path, ray_tmp,
+                     "--default-proxy")
     try:
         wait_ready(f"127.0.0.1:{port}", 180, process=process)
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=60)
@@ -70,9 +82,9 @@ def test_default_proxy_serves_predictions(model_repository: Path, tmp_path: Path
     assert code is not None
 
 
-def test_bad_config_stops_the_start_with_the_field_named(tmp_path: Path) -> None:
+def test_bad_config_stops_the_start_with_the_field_named(tmp_path: Path, ray_tmp: str) -> None:
     config = write_config(tmp_path, free_port(), ["digits", "no-such-model"])
-    process = launch(config, tmp_path, "--default-proxy")
+    process = launch(config, tmp_path, ray_tmp, "--default-proxy")
     try:
         code = process.wait(timeout=60)
     finally:
