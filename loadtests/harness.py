@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,8 @@ from typing import Any
 
 import httpx
 import yaml
+
+from serving import processes
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "loadtests" / "results"
@@ -94,14 +95,8 @@ class Server:
         raise SystemExit(f"{self.name} not ready within 180 s")
 
     def __exit__(self, *exc: object) -> None:
-        process = self.process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=30)
+        if self.process is not None:
+            processes.stop(self.process)
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
 

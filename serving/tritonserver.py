@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 
+from serving import processes
 from serving.config import ModelSpec, load_model_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -260,13 +261,8 @@ class TritonServer:
     def stop(self) -> None:
         """SIGTERM (Triton drains and exits), then SIGKILL after a bound; own PID only."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        if process is not None:
+            processes.stop(process, signal.SIGTERM, grace_s=30)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,8 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 import yaml
+
+from serving import processes
 
 from ..conftest import ROOT, free_port
 from .conftest import wait_ready
@@ -50,17 +51,6 @@ def launch(config: Path, tmp_path: Path, ray_tmp: str, *extra: str) -> subproces
                             stdout=(tmp_path / "serve.log").open("wb"), stderr=subprocess.STDOUT)
 
 
-def stop(process: subprocess.Popen) -> int:
-    """SIGINT, as Ctrl-C: Serve shuts down cleanly. Bounded; escalates only to our own PID."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            return process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    return process.wait(timeout=30)
-
-
 def test_default_proxy_serves_predictions(model_repository: Path, tmp_path: Path,
                                           ray_tmp: str) -> None:
     port = free_port()
@@ -76,7 +66,7 @@ def test_default_proxy_serves_predictions(model_repository: Path, tmp_path: Path
         assert labels.shape == (4,) and labels.dtype == np.int64
         assert client.is_model_ready("digits") and not client.is_model_ready("minilm")
     finally:
-        code = stop(process)
+        code = processes.stop(process)
     log = (tmp_path / "serve.log").read_text(errors="replace")
     assert "HAProxy" not in log  # really the default proxy
     assert code is not None
@@ -88,7 +78,7 @@ def test_bad_config_stops_the_start_with_the_field_named(tmp_path: Path, ray_tmp
     try:
         code = process.wait(timeout=60)
     finally:
-        stop(process)
+        processes.stop(process)
     log = (tmp_path / "serve.log").read_text(errors="replace")
     assert code != 0
     assert "unknown model 'no-such-model'" in log
