@@ -85,8 +85,7 @@ class Server:
             if self.process.poll() is not None:
                 raise SystemExit(f"{self.name} exited early; see {self.workdir / self.name}.log")
             try:
-                response = httpx.get(url + self.ready_path, timeout=2)
-                if response.status_code in (200, 404, 405):  # baselines answer any path
+                if httpx.get(url + self.ready_path, timeout=2).status_code == 200:
                     return url
             except httpx.HTTPError:
                 pass

@@ -41,6 +41,8 @@ class BatchedOnnx:
         return [p.ravel().tolist() for p in pieces]
 
     async def __call__(self, request: Request) -> Response:
+        if request.method == "GET":  # readiness probe for the harness
+            return Response("ok")
         body = json.loads(await request.body())
         tensor = body["inputs"][0]
         x = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
