@@ -19,34 +19,29 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from loadtests.harness import RESULTS, ROOT, Server, free_port, gateway_config, run_locust
+from loadtests.harness import (
+    RESULTS,
+    ROOT,
+    Server,
+    best_batch_rate,
+    free_port,
+    gateway_config,
+    run_locust,
+)
 
 SEQUENCE = 32
 
 
 def raw_rate(threads: int, seconds: float = 6.0) -> dict[str, float]:
-    import onnxruntime as ort
+    rng = np.random.default_rng(0)
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(
-        str(ROOT / "models/minilm/1/model.onnx"), options, providers=["CPUExecutionProvider"]
+    def feeds(batch: int) -> dict[str, np.ndarray]:
+        ids = rng.integers(1000, 20000, (batch, SEQUENCE), dtype=np.int64)
+        return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+    return best_batch_rate(
+        ROOT / "models/minilm/1/model.onnx", threads, feeds, (1, 4, 8, 16, 32, 64), seconds
     )
-    best = {"batch": 0, "rows_per_s": 0.0}
-    for batch in (1, 4, 8, 16, 32, 64):
-        ids = np.random.default_rng(0).integers(1000, 20000, (batch, SEQUENCE), dtype=np.int64)
-        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-        session.run(None, feeds)
-        runs, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds / 6:
-            session.run(None, feeds)
-            runs += 1
-        rate = runs * batch / (time.perf_counter() - start)
-        print(f"  raw batch {batch:3d}: {rate:7.1f} rows/s", flush=True)
-        if rate > best["rows_per_s"]:
-            best = {"batch": batch, "rows_per_s": rate}
-    return best
 
 
 def main() -> int:

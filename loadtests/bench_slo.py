@@ -23,7 +23,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from loadtests.harness import RESULTS, ROOT, Server, app_config, free_port, gateway_config
+from loadtests.harness import (
+    RESULTS,
+    ROOT,
+    Server,
+    app_config,
+    best_batch_rate,
+    free_port,
+    gateway_config,
+)
 from loadtests.openloop import Point, run
 
 MODEL = ROOT / "models" / "digits" / "1" / "model.onnx"
@@ -45,23 +53,14 @@ def body() -> tuple[bytes, dict[str, str]]:
 
 def raw_limit(seconds: float = 3.0) -> dict[str, float]:
     """ONNX Runtime in-process, one thread, at its best batch size: rows/s."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(MODEL), options, providers=["CPUExecutionProvider"])
-    best = {"batch": 0, "rows_per_s": 0.0}
-    for batch in (1, 8, 32, 64, 128, 256):
-        x = np.random.default_rng(0).random((batch, 64), dtype=np.float32)
-        session.run(None, {"input": x})
-        runs, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds / 6:
-            session.run(None, {"input": x})
-            runs += 1
-        rate = runs * batch / (time.perf_counter() - start)
-        if rate > best["rows_per_s"]:
-            best = {"batch": batch, "rows_per_s": rate}
-    return best
+    rng = np.random.default_rng(0)
+    return best_batch_rate(
+        MODEL,
+        1,
+        lambda b: {"input": rng.random((b, 64), dtype=np.float32)},
+        (1, 8, 32, 64, 128, 256),
+        seconds,
+    )
 
 
 class TritonSystem:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +147,32 @@ def run_locust(
         "p50_ms": float(row["50%"]),
         "p99_ms": float(row["99%"]),
     }
+
+
+def best_batch_rate(
+    model_path: Path,
+    threads: int,
+    feeds_for: Callable[[int], dict[str, Any]],
+    batches: tuple[int, ...],
+    seconds: float,
+) -> dict[str, float]:
+    """ONNX Runtime in-process at each batch size for ``seconds`` in all: the best rows/s."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    best = {"batch": 0, "rows_per_s": 0.0}
+    for batch in batches:
+        feeds = feeds_for(batch)
+        session.run(None, feeds)  # warm-up
+        runs, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / len(batches):
+            session.run(None, feeds)
+            runs += 1
+        rate = runs * batch / (time.perf_counter() - start)
+        print(f"  raw batch {batch:3d}: {rate:10.1f} rows/s", flush=True)
+        if rate > best["rows_per_s"]:
+            best = {"batch": batch, "rows_per_s": rate}
+    return best

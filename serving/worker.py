@@ -101,11 +101,11 @@ class Worker:
 
 
 def _zeros(tensor: TensorSpec, batch: int, spec: ModelSpec) -> np.ndarray:
-    dims = list(spec.profile_dims.get(tensor.name, []))
-    shape = [d if d >= 0 else (dims.pop(0) if dims else 1) for d in tensor.shape[1:]]
-    if spec.max_batch_size == 0:
-        shape = [d if d >= 0 else 1 for d in tensor.shape]
-    else:
+    # Dynamic dims other than the batch dim take spec.profile_dims in order, else 1.
+    sizes = iter(spec.profile_dims.get(tensor.name, []))
+    batched = spec.max_batch_size > 0
+    shape = [d if d >= 0 else next(sizes, 1) for d in tensor.shape[batched:]]
+    if batched:
         shape = [batch, *shape]
     if tensor.datatype == "BYTES":
         return np.full(shape, b"", dtype=object)

@@ -233,7 +233,7 @@ class BatchQueue:
             self.planner.remove(entry)
             raise
 
-    def _fail(self, entry: Entry, error: ServingError) -> None:
+    def _fail(self, entry: Entry, error: BaseException) -> None:
         if entry.future is not None and not entry.future.done():
             entry.future.set_exception(error)
 
@@ -278,8 +278,7 @@ class BatchQueue:
             except BaseException as error:  # never strand a waiting client
                 self.planner.abort()
                 for entry in batch:
-                    if entry.future is not None and not entry.future.done():
-                        entry.future.set_exception(error)
+                    self._fail(entry, error)
                 if isinstance(error, asyncio.CancelledError):
                     raise
                 return
