@@ -27,25 +27,10 @@ import httpx
 
 from serving import processes
 from serving.config import ModelSpec, load_model_spec
+from serving.protocol.tensors import TRITON_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VENV = ROOT / ".venv-triton"
-# OIP datatype -> Triton config.pbtxt data_type.
-TRITON_TYPES = {
-    "BOOL": "TYPE_BOOL",
-    "UINT8": "TYPE_UINT8",
-    "UINT16": "TYPE_UINT16",
-    "UINT32": "TYPE_UINT32",
-    "UINT64": "TYPE_UINT64",
-    "INT8": "TYPE_INT8",
-    "INT16": "TYPE_INT16",
-    "INT32": "TYPE_INT32",
-    "INT64": "TYPE_INT64",
-    "FP16": "TYPE_FP16",
-    "FP32": "TYPE_FP32",
-    "FP64": "TYPE_FP64",
-    "BYTES": "TYPE_STRING",
-}
 MODEL_PY = '''\
 import sys
 sys.path.insert(0, {site_packages!r})  # the Triton venv: numpy<2 and onnxruntime

@@ -38,6 +38,22 @@ _BY_NUMPY: dict[tuple[str, int], str] = {
     (dt.kind, dt.itemsize): name for name, dt in DATATYPES.items() if name != "BYTES"
 }
 _LENGTH = struct.Struct("<I")
+# OIP datatype -> Triton model-config data_type (config.pbtxt, ModelConfig RPC).
+TRITON_TYPES = {
+    "BOOL": "TYPE_BOOL",
+    "UINT8": "TYPE_UINT8",
+    "UINT16": "TYPE_UINT16",
+    "UINT32": "TYPE_UINT32",
+    "UINT64": "TYPE_UINT64",
+    "INT8": "TYPE_INT8",
+    "INT16": "TYPE_INT16",
+    "INT32": "TYPE_INT32",
+    "INT64": "TYPE_INT64",
+    "FP16": "TYPE_FP16",
+    "FP32": "TYPE_FP32",
+    "FP64": "TYPE_FP64",
+    "BYTES": "TYPE_STRING",
+}
 
 
 def numpy_dtype(datatype: str, *, tensor: str = "?") -> np.dtype:

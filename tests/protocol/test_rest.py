@@ -15,41 +15,12 @@ from starlette.requests import Request
 from starlette.testclient import TestClient
 
 from serving.config import load_repository, parse_gateway_config
-from serving.dataplane import DataPlane, Placement
+from serving.dataplane import DataPlane
 from serving.protocol.rest import RestAdapter
-from serving.runtimes.onnx import OnnxRuntime
-from serving.worker import Worker
+
+from .conftest import InProcessWorkers
 
 LIMIT = 1 << 20
-
-
-class InProcessWorkers:
-    """Real workers in this process, standing in for Ray handles."""
-
-    def __init__(self, specs) -> None:
-        self.workers = {name: Worker(OnnxRuntime(spec)) for name, spec in specs.items()}
-        for worker in self.workers.values():
-            worker.start()
-        self.is_ready = True
-
-    async def infer(self, model, batch):
-        return self.workers[model].infer_batch(batch)
-
-    async def profile(self, model):
-        return self.workers[model].profile(max_seconds=0.2)
-
-    async def ready(self, model) -> bool:
-        return self.is_ready
-
-    def placement(self, model) -> Placement:
-        return Placement("in-process", replicas=1, slots_per_replica=1)
-
-
-@pytest.fixture(scope="module")
-def workers(model_repository: Path) -> InProcessWorkers:
-    config = parse_gateway_config({"models": ["digits", "minilm"],
-                                   "model_repository": model_repository})
-    return InProcessWorkers(load_repository(config))
 
 
 @pytest.fixture

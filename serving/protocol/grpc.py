@@ -1,0 +1,268 @@
+"""Open Inference Protocol over gRPC: decode protobuf, delegate to the data plane, encode.
+
+The service is ``inference.GRPCInferenceService`` with the message classes ``tritonclient``
+ships (``tritonclient.grpc.service_pb2``), so server and clients share one generated proto.
+Tensors come either typed (``contents.fp32_contents`` ...) or raw (``raw_input_contents``,
+the binary layout of :mod:`serving.protocol.tensors`); a response mirrors the request's
+choice (``tritonclient`` sends raw and reads only raw numeric outputs). Transport details
+(metadata, deadline) arrive as a :class:`Call`; errors come back as a :class:`ServingError`
+for the Ray layer to turn into a gRPC status through :mod:`serving.errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+import numpy as np
+from google.protobuf.message import Message
+from tritonclient.grpc import model_config_pb2 as config_pb
+from tritonclient.grpc import service_pb2 as pb
+
+from serving.dataplane import DataPlane
+from serving.errors import BackendError, InvalidRequest, PayloadTooLarge, ServingError
+from serving.protocol import tensors
+from serving.protocol.types import InferRequest, InferResult, MetadataTensor
+from serving.slo import HEADER as SLO_HEADER
+from serving.telemetry import metrics
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "inference.GRPCInferenceService"
+# What Ray Serve's grpc_options.grpc_servicer_functions needs to register the service.
+SERVICER_FUNCTION = "tritonclient.grpc.service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
+# OIP datatype -> the typed InferTensorContents field that carries it (FP16 has none).
+CONTENTS: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+@dataclass(slots=True)
+class Call:
+    """What the transport knows about one call: metadata (lower-case keys) and deadline."""
+
+    metadata: dict[str, str] = field(default_factory=dict)
+    deadline: float | None = None  # time.monotonic() seconds
+
+
+def parameters_dict(parameters: Any) -> dict[str, Any]:
+    """``map<string, InferParameter>`` -> plain dict of Python values."""
+    out: dict[str, Any] = {}
+    for key, parameter in parameters.items():
+        which = parameter.WhichOneof("parameter_choice")
+        if which is not None:
+            out[key] = getattr(parameter, which)
+    return out
+
+
+def _decode_tensor(item: pb.ModelInferRequest.InferInputTensor) -> np.ndarray:
+    shape = list(item.shape)
+    if any(d < 0 for d in shape):
+        raise InvalidRequest(f"tensor '{item.name}': shape {shape} has a negative dimension")
+    tensors.numpy_dtype(item.datatype, tensor=item.name)  # unknown datatype -> 400
+    slot = CONTENTS.get(item.datatype)
+    if slot is None:
+        raise InvalidRequest(
+            f"tensor '{item.name}': {item.datatype} has no typed contents field; "
+            "send it in raw_input_contents"
+        )
+    data = list(getattr(item.contents, slot))
+    if not data and tensors.element_count(shape):
+        present = [f.name for f, _ in item.contents.ListFields()]
+        if present:
+            raise InvalidRequest(
+                f"tensor '{item.name}': {item.datatype} data belongs in contents.{slot}, "
+                f"got {', '.join(present)}"
+            )
+    return tensors.decode_json(item.name, item.datatype, shape, data)
+
+
+def decode_infer_request(message: pb.ModelInferRequest) -> tuple[InferRequest, bool]:
+    """Decode a ``ModelInferRequest``; also say whether it carried raw tensors."""
+    raw = message.raw_input_contents
+    if raw and len(raw) != len(message.inputs):
+        raise InvalidRequest(
+            f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs"
+        )
+    if not message.inputs:
+        raise InvalidRequest("malformed inference request: inputs: no input tensors")
+    inputs: dict[str, np.ndarray] = {}
+    for index, item in enumerate(message.inputs):
+        if item.name in inputs:
+            raise InvalidRequest(f"input '{item.name}' appears twice")
+        if raw:
+            if any(d < 0 for d in item.shape):
+                raise InvalidRequest(
+                    f"tensor '{item.name}': shape {list(item.shape)} has a negative dimension"
+                )
+            inputs[item.name] = tensors.decode_binary(
+                item.name, item.datatype, list(item.shape), raw[index]
+            )
+        else:
+            inputs[item.name] = _decode_tensor(item)
+    request = InferRequest(
+        model=message.model_name,
+        version=message.model_version or None,
+        inputs=inputs,
+        id=message.id or None,
+        outputs=[o.name for o in message.outputs] or None,
+        parameters=parameters_dict(message.parameters),
+    )
+    return request, bool(raw)
+
+
+def encode_infer_response(result: InferResult, raw: bool) -> pb.ModelInferResponse:
+    """A ``ModelInferResponse``: raw outputs if ``raw`` (or a datatype has no typed field)."""
+    datatypes = {name: tensors.oip_datatype(a) for name, a in result.outputs.items()}
+    raw = raw or any(d not in CONTENTS for d in datatypes.values())
+    response = pb.ModelInferResponse(
+        model_name=result.model, model_version=result.version, id=result.id or ""
+    )
+    for name, array in result.outputs.items():
+        output = response.outputs.add(name=name, datatype=datatypes[name], shape=array.shape)
+        if raw:
+            response.raw_output_contents.append(tensors.encode_binary(array))
+        else:
+            values = array.ravel()
+            if datatypes[name] == "BYTES":
+                values = [v if isinstance(v, bytes) else str(v).encode() for v in values]
+            getattr(output.contents, CONTENTS[datatypes[name]]).extend(
+                values if isinstance(values, list) else values.tolist()
+            )
+    return response
+
+
+def _tensor_metadata(items: list[MetadataTensor]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+    return [
+        pb.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape)
+        for t in items
+    ]
+
+
+Handler = Callable[[Any, Call], Awaitable[Message]]
+
+
+class GrpcAdapter:
+    """Answers ``GRPCInferenceService`` calls from a :class:`DataPlane`."""
+
+    def __init__(self, dataplane: DataPlane, *, max_request_bytes: int) -> None:
+        self.dataplane = dataplane
+        self.max_request_bytes = max_request_bytes
+        # RPC name -> (handler, empty response sent alongside an error status).
+        self.methods: dict[str, tuple[Handler, type[Message]]] = {
+            "ServerLive": (self.server_live, pb.ServerLiveResponse),
+            "ServerReady": (self.server_ready, pb.ServerReadyResponse),
+            "ServerMetadata": (self.server_metadata, pb.ServerMetadataResponse),
+            "ModelReady": (self.model_ready, pb.ModelReadyResponse),
+            "ModelMetadata": (self.model_metadata, pb.ModelMetadataResponse),
+            "ModelConfig": (self.model_config, pb.ModelConfigResponse),
+            "ModelInfer": (self.model_infer, pb.ModelInferResponse),
+        }
+
+    async def handle(
+        self, method: str, request: Message, call: Call
+    ) -> tuple[Message, ServingError | None]:
+        """Answer one call; never raises. A non-None error becomes the call's status."""
+        handler, empty = self.methods[method]
+        try:
+            return await handler(request, call), None
+        except ServingError as error:
+            return empty(), error
+        except Exception:
+            logger.exception("unexpected error in gRPC %s", method)
+            return empty(), BackendError(f"internal error handling {method}")
+
+    async def server_live(self, request: pb.ServerLiveRequest, call: Call) -> Message:
+        return pb.ServerLiveResponse(live=self.dataplane.live())
+
+    async def server_ready(self, request: pb.ServerReadyRequest, call: Call) -> Message:
+        return pb.ServerReadyResponse(ready=await self.dataplane.ready())
+
+    async def server_metadata(self, request: pb.ServerMetadataRequest, call: Call) -> Message:
+        meta = self.dataplane.server_metadata()
+        return pb.ServerMetadataResponse(
+            name=meta.name, version=meta.version, extensions=meta.extensions
+        )
+
+    async def model_ready(self, request: pb.ModelReadyRequest, call: Call) -> Message:
+        ready = await self.dataplane.model_ready(request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=ready)
+
+    async def model_metadata(self, request: pb.ModelMetadataRequest, call: Call) -> Message:
+        meta = self.dataplane.model_metadata(request.name, request.version or None)
+        return pb.ModelMetadataResponse(
+            name=meta.name,
+            versions=meta.versions,
+            platform=meta.platform,
+            inputs=_tensor_metadata(meta.inputs),
+            outputs=_tensor_metadata(meta.outputs),
+        )
+
+    async def model_config(self, request: pb.ModelConfigRequest, call: Call) -> Message:
+        spec = self.dataplane.spec(request.name, request.version or None)
+        batched = spec.max_batch_size > 0
+
+        def dims(shape: list[int]) -> list[int]:
+            # Triton's dims leave out the batch dim of a batching model.
+            return shape[1:] if batched else shape
+
+        def data_type(datatype: str) -> int:
+            return config_pb.DataType.Value(tensors.TRITON_TYPES[datatype])
+
+        config = config_pb.ModelConfig(
+            name=spec.name,
+            platform=spec.platform,
+            max_batch_size=spec.max_batch_size,
+            input=[
+                config_pb.ModelInput(
+                    name=t.name, data_type=data_type(t.datatype), dims=dims(t.shape)
+                )
+                for t in spec.inputs
+            ],
+            output=[
+                config_pb.ModelOutput(
+                    name=t.name, data_type=data_type(t.datatype), dims=dims(t.shape)
+                )
+                for t in spec.outputs
+            ],
+        )
+        return pb.ModelConfigResponse(config=config)
+
+    async def model_infer(self, request: pb.ModelInferRequest, call: Call) -> Message:
+        start = time.monotonic()
+        model = request.model_name
+        label = model if model in self.dataplane.specs else metrics.UNKNOWN_MODEL
+        status = HTTPStatus.INTERNAL_SERVER_ERROR
+        try:
+            size = request.ByteSize()
+            if size > self.max_request_bytes:
+                raise PayloadTooLarge(
+                    f"request of {size} bytes exceeds the {self.max_request_bytes}-byte limit"
+                )
+            infer_request, raw = decode_infer_request(request)
+            infer_request.slo_class = call.metadata.get(SLO_HEADER)
+            infer_request.deadline = call.deadline
+            result = await self.dataplane.infer(infer_request)
+            response = encode_infer_response(result, raw)
+            status = HTTPStatus.OK
+            return response
+        except ServingError as error:
+            status = error.status
+            raise
+        finally:
+            metrics.observe_request(label, "grpc", status, time.monotonic() - start)

@@ -1,0 +1,196 @@
+"""The gRPC adapter in-process, over the real data plane and real ONNX Runtime (no Ray).
+
+Requests are built by ``tritonclient.grpc``'s own request builder and responses read with its
+``InferResult``, so what passes here is what the unmodified client sends and parses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import _utils as client_utils
+from tritonclient.grpc import model_config_pb2 as config_pb
+from tritonclient.grpc import service_pb2 as pb
+
+from serving.config import load_repository, parse_gateway_config
+from serving.dataplane import DataPlane
+from serving.errors import grpc_status_name
+from serving.protocol.grpc import Call, GrpcAdapter
+
+from .conftest import InProcessWorkers
+
+LIMIT = 1 << 20
+
+
+@pytest.fixture
+def run(workers: InProcessWorkers, model_repository: Path):
+    """``run(method, request, call)`` -> (response, gRPC status name or None)."""
+    config = parse_gateway_config({"models": ["digits", "minilm"],
+                                   "model_repository": model_repository,
+                                   "max_request_bytes": LIMIT})
+    specs = load_repository(config)
+    workers.is_ready = True
+
+    def call(method: str, request, transport: Call | None = None):
+        async def go():
+            # A fresh data plane per event loop: its queues belong to the loop that made them.
+            adapter = GrpcAdapter(DataPlane(config, specs, workers), max_request_bytes=LIMIT)
+            return await adapter.handle(method, request, transport or Call())
+
+        response, error = asyncio.run(go())
+        return response, (None if error is None else (grpc_status_name(error), error.message))
+
+    return call
+
+
+def client_request(model: str, arrays: dict[str, np.ndarray], **kwargs) -> pb.ModelInferRequest:
+    """The exact ModelInferRequest ``InferenceServerClient.infer`` would send."""
+    inputs = []
+    for name, array in arrays.items():
+        item = grpcclient.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32
+                                     else "INT64")
+        item.set_data_from_numpy(array)
+        inputs.append(item)
+    defaults = dict(model_version="", request_id="", outputs=None, sequence_id=0,
+                    sequence_start=False, sequence_end=False, priority=0, timeout=None,
+                    parameters=None)
+    return client_utils._get_inference_request(model, inputs, **{**defaults, **kwargs})
+
+
+def digits_input(rows: int = 2) -> np.ndarray:
+    return np.random.default_rng(rows).random((rows, 64), dtype=np.float32)
+
+
+def test_raw_request_matches_onnx_runtime(run, workers) -> None:
+    x = digits_input(3)
+    response, error = run("ModelInfer", client_request("digits", {"input": x}, request_id="r1"))
+    assert error is None
+    result = grpcclient.InferResult(response)
+    want = workers.workers["digits"].runtime.infer({"input": x})
+    np.testing.assert_allclose(result.as_numpy("probabilities"), want["probabilities"], 1e-6)
+    np.testing.assert_array_equal(result.as_numpy("label"), want["label"])
+    assert response.id == "r1" and response.model_name == "digits"
+    assert len(response.raw_output_contents) == 2
+
+
+def test_typed_contents_get_typed_outputs(run, workers) -> None:
+    # KServe-style clients send typed contents and read typed contents back.
+    x = digits_input(2)
+    request = pb.ModelInferRequest(model_name="digits")
+    tensor = request.inputs.add(name="input", datatype="FP32", shape=[2, 64])
+    tensor.contents.fp32_contents.extend(x.ravel().tolist())
+    request.outputs.add(name="label")
+    response, error = run("ModelInfer", request)
+    assert error is None
+    assert not response.raw_output_contents
+    (output,) = response.outputs
+    want = workers.workers["digits"].runtime.infer({"input": x})["label"]
+    assert output.name == "label" and output.datatype == "INT64" and list(output.shape) == [2]
+    assert list(output.contents.int64_contents) == want.tolist()
+
+
+def test_multi_input_model(run, workers) -> None:
+    ids = np.array([[101, 2023, 2003, 102]], dtype=np.int64)
+    mask = np.ones_like(ids)
+    response, error = run("ModelInfer", client_request(
+        "minilm", {"input_ids": ids, "attention_mask": mask}))
+    assert error is None
+    got = grpcclient.InferResult(response).as_numpy("embeddings")
+    want = workers.workers["minilm"].runtime.infer({"input_ids": ids, "attention_mask": mask})
+    np.testing.assert_allclose(got, want["embeddings"], rtol=1e-5, atol=1e-6)
+
+
+def typed_request(datatype: str, shape: list[int], field: str, values) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="digits")
+    tensor = request.inputs.add(name="input", datatype=datatype, shape=shape)
+    getattr(tensor.contents, field).extend(values)
+    return request
+
+
+@pytest.mark.parametrize(("request_", "status", "fragment"), [
+    (client_request("digits", {"input": np.zeros((2, 63), np.float32)}),
+     "INVALID_ARGUMENT", "must have shape [-1, 64], got [2, 63]"),
+    (client_request("digits", {"input": np.zeros((1, 64), np.int64)}),
+     "INVALID_ARGUMENT", "must be FP32, got INT64"),
+    (client_request("nope", {"input": np.zeros((1, 64), np.float32)}),
+     "NOT_FOUND", "unknown model 'nope'"),
+    (typed_request("FP32", [1, 64], "int_contents", [1] * 64),
+     "INVALID_ARGUMENT", "data belongs in contents.fp32_contents, got int_contents"),
+    (typed_request("FP32", [1, 64], "fp32_contents", [0.5] * 10),
+     "INVALID_ARGUMENT", "needs 64 elements, data has 10"),
+    (typed_request("FP8", [1, 64], "fp32_contents", [0.5] * 64),
+     "INVALID_ARGUMENT", "unsupported datatype 'FP8'"),
+    (pb.ModelInferRequest(model_name="digits"), "INVALID_ARGUMENT", "no input tensors"),
+], ids=["shape", "datatype", "unknown-model", "wrong-contents-field", "short-contents",
+        "unknown-datatype", "no-inputs"])
+def test_bad_input_statuses(run, request_, status, fragment) -> None:
+    response, error = run("ModelInfer", request_)
+    assert error is not None and error[0] == status, error
+    assert fragment in error[1]
+    assert isinstance(response, pb.ModelInferResponse)
+
+
+def test_raw_contents_of_the_wrong_length(run) -> None:
+    request = client_request("digits", {"input": digits_input(2)})
+    request.raw_input_contents[0] = request.raw_input_contents[0][:-4]
+    _, error = run("ModelInfer", request)
+    assert error == ("INVALID_ARGUMENT",
+                     "tensor 'input': shape [2, 64] of FP32 needs 512 bytes, got 508")
+    request.raw_input_contents.append(b"extra")
+    _, error = run("ModelInfer", request)
+    assert error == ("INVALID_ARGUMENT", "raw_input_contents has 2 entries for 1 inputs")
+
+
+def test_oversized_request_is_resource_exhausted(run) -> None:
+    rows = LIMIT // (64 * 4) + 1
+    _, error = run("ModelInfer", client_request("digits", {"input": np.zeros((rows, 64),
+                                                                             np.float32)}))
+    assert error is not None and error[0] == "RESOURCE_EXHAUSTED"
+    assert f"{LIMIT}-byte limit" in error[1]
+
+
+def test_slo_class_from_metadata(run) -> None:
+    request = client_request("digits", {"input": digits_input(1)})
+    _, error = run("ModelInfer", request, Call(metadata={"x-slo-class": "gold"}))
+    assert error is not None and error[0] == "INVALID_ARGUMENT"
+    assert "unknown SLO class 'gold'" in error[1] and "realtime" in error[1]
+    _, error = run("ModelInfer", request, Call(metadata={"x-slo-class": "batch"}))
+    assert error is None
+
+
+def test_expired_transport_deadline_is_not_executed(run) -> None:
+    request = client_request("digits", {"input": digits_input(1)})
+    _, error = run("ModelInfer", request, Call(deadline=time.monotonic() - 0.001))
+    assert error is not None and error[0] in ("DEADLINE_EXCEEDED", "UNAVAILABLE"), error
+
+
+def test_health_and_metadata(run, workers) -> None:
+    assert run("ServerLive", pb.ServerLiveRequest())[0].live
+    assert run("ServerReady", pb.ServerReadyRequest())[0].ready
+    meta, _ = run("ServerMetadata", pb.ServerMetadataRequest())
+    assert meta.name == "serving" and "binary_tensor_data" in meta.extensions
+    model, _ = run("ModelMetadata", pb.ModelMetadataRequest(name="minilm"))
+    assert [(t.name, t.datatype, list(t.shape)) for t in model.inputs] == [
+        ("input_ids", "INT64", [-1, -1]), ("attention_mask", "INT64", [-1, -1])]
+    assert run("ModelReady", pb.ModelReadyRequest(name="digits", version="1"))[0].ready
+    workers.is_ready = False
+    assert not run("ModelReady", pb.ModelReadyRequest(name="digits"))[0].ready
+    assert not run("ServerReady", pb.ServerReadyRequest())[0].ready
+    _, error = run("ModelReady", pb.ModelReadyRequest(name="digits", version="7"))
+    assert error is not None and error[0] == "NOT_FOUND" and "no version '7'" in error[1]
+
+
+def test_model_config_uses_triton_conventions(run) -> None:
+    response, error = run("ModelConfig", pb.ModelConfigRequest(name="digits"))
+    assert error is None
+    config = response.config
+    assert config.max_batch_size == 1024 and config.platform == "onnxruntime_onnx"
+    (item,) = config.input
+    assert item.name == "input" and list(item.dims) == [64]  # batch dim left out
+    assert item.data_type == config_pb.TYPE_FP32
+    assert {o.name: list(o.dims) for o in config.output} == {"label": [], "probabilities": [10]}
