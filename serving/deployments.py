@@ -11,8 +11,12 @@ import logging
 import time
 from typing import Any
 
+import grpc
 import ray
+from google.protobuf.message import Message
 from ray import serve
+from ray.serve._private import replica as serve_replica
+from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,7 +29,14 @@ from serving.config import (
     parse_gateway_config,
 )
 from serving.dataplane import DataPlane, Placement, Tensors
-from serving.errors import BackendError, DeadlineExceeded, ModelNotReady, ServingError
+from serving.errors import (
+    BackendError,
+    DeadlineExceeded,
+    ModelNotReady,
+    ServingError,
+    grpc_status_name,
+)
+from serving.protocol.grpc import Call, Encoded, GrpcAdapter
 from serving.protocol.rest import RestAdapter
 from serving.runtimes.onnx import OnnxRuntime
 from serving.worker import Result, Worker
@@ -33,6 +44,34 @@ from serving.worker import Result, Worker
 logger = logging.getLogger(__name__)
 READY_TTL_S = 1.0  # how long a readiness answer is reused
 READY_TIMEOUT_S = 2.0
+
+
+class DeadlineContext(RayServegRPCContext):
+    """Ray Serve's gRPC context plus the call's deadline, which Ray 2.60 drops.
+
+    Installed below as the class the replica's direct-ingress gRPC server builds per call.
+    Wall-clock seconds, because this context may be pickled to another process. Under the
+    default proxy (which builds its own contexts) the deadline is unknown: clients there
+    can send ``parameters.timeout`` instead.
+    """
+
+    def __init__(self, grpc_context: Any) -> None:
+        super().__init__(grpc_context)
+        remaining = grpc_context.time_remaining()
+        self.deadline_unix = None if remaining is None else time.time() + remaining
+
+
+if serve_replica.RayServegRPCContext is RayServegRPCContext:
+    serve_replica.RayServegRPCContext = DeadlineContext
+
+
+def _call(context: RayServegRPCContext) -> Call:
+    deadline_unix = getattr(context, "deadline_unix", None)
+    deadline = None
+    if deadline_unix is not None:
+        deadline = time.monotonic() + (deadline_unix - time.time())
+    metadata = {key.lower(): value for key, value in context.invocation_metadata()}
+    return Call(metadata=metadata, deadline=deadline)
 
 
 @serve.deployment
@@ -120,7 +159,11 @@ class RayWorkers:
 
 @serve.deployment
 class Gateway:
-    """Ingress: the OIP HTTP adapter over the data plane."""
+    """Ingress: the OIP HTTP and gRPC adapters over one data plane.
+
+    Ray Serve's gRPC ingress calls the method named like the RPC; each delegates to
+    :class:`GrpcAdapter` and turns a :class:`ServingError` into the call's status.
+    """
 
     def __init__(
         self,
@@ -130,9 +173,41 @@ class Gateway:
     ) -> None:
         self.dataplane = DataPlane(config, specs, RayWorkers(workers, config))
         self.rest = RestAdapter(self.dataplane, max_request_bytes=config.max_request_bytes)
+        self.grpc = GrpcAdapter(self.dataplane, max_request_bytes=config.max_request_bytes)
 
     async def __call__(self, request: Request) -> Response:
         return await self.rest.handle(request)
+
+    async def _grpc(self, method: str, request: Encoded, context: RayServegRPCContext) -> Message:
+        response, error = await self.grpc.handle(method, request, _call(context))
+        if error is not None:
+            context.set_code(getattr(grpc.StatusCode, grpc_status_name(error)))
+            context.set_details(error.message)
+            if error.retry_after_s is not None:
+                retry = ("retry-after", str(max(1, round(error.retry_after_s))))
+                context.set_trailing_metadata([*context.trailing_metadata(), retry])
+        return response
+
+    async def ServerLive(self, request: Encoded, grpc_context: RayServegRPCContext) -> Message:
+        return await self._grpc("ServerLive", request, grpc_context)
+
+    async def ServerReady(self, request: Encoded, grpc_context: RayServegRPCContext) -> Message:
+        return await self._grpc("ServerReady", request, grpc_context)
+
+    async def ServerMetadata(self, request: Encoded, grpc_context: RayServegRPCContext) -> Message:
+        return await self._grpc("ServerMetadata", request, grpc_context)
+
+    async def ModelReady(self, request: Encoded, grpc_context: RayServegRPCContext) -> Message:
+        return await self._grpc("ModelReady", request, grpc_context)
+
+    async def ModelMetadata(self, request: Encoded, grpc_context: RayServegRPCContext) -> Message:
+        return await self._grpc("ModelMetadata", request, grpc_context)
+
+    async def ModelConfig(self, request: Encoded, grpc_context: RayServegRPCContext) -> Message:
+        return await self._grpc("ModelConfig", request, grpc_context)
+
+    async def ModelInfer(self, request: Encoded, grpc_context: RayServegRPCContext) -> Message:
+        return await self._grpc("ModelInfer", request, grpc_context)
 
 
 def _worker_options(

@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
+import grpc
 import numpy as np
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from tritonclient.grpc import model_config_pb2 as config_pb
 from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
 
 from serving.dataplane import DataPlane
 from serving.errors import BackendError, InvalidRequest, PayloadTooLarge, ServingError
@@ -32,9 +34,8 @@ from serving.telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
-SERVICE = "inference.GRPCInferenceService"
-# What Ray Serve's grpc_options.grpc_servicer_functions needs to register the service.
-SERVICER_FUNCTION = "tritonclient.grpc.service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
+# What Ray Serve's grpc_options.grpc_servicer_functions names to register the service.
+SERVICER_FUNCTION = "serving.protocol.grpc.add_servicer_to_server"
 # OIP datatype -> the typed InferTensorContents field that carries it (FP16 has none).
 CONTENTS: dict[str, str] = {
     "BOOL": "bool_contents",
@@ -58,6 +59,52 @@ class Call:
 
     metadata: dict[str, str] = field(default_factory=dict)
     deadline: float | None = None  # time.monotonic() seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A request still in wire format; :meth:`GrpcAdapter.handle` parses it.
+
+    The registered deserializer returns this rather than the parsed message, so that a
+    malformed message gets INVALID_ARGUMENT from the adapter (grpcio would answer UNKNOWN),
+    and so that Ray's default proxy pickles plain bytes to the gateway replica: tritonclient's
+    message classes claim a module (``grpc_service_pb2``) that cannot be imported to unpickle.
+    """
+
+    method: str
+    data: bytes
+
+
+def _keep_encoded(method: str) -> Callable[[bytes], Encoded]:
+    return lambda data: Encoded(method, data)
+
+
+class _Capture:
+    """A stand-in server that keeps the handlers a generated servicer function registers."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # the same handlers also arrive, by name, below
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.services[service] = handlers
+
+
+def add_servicer_to_server(servicer: Any, server: Any) -> None:
+    """Register ``GRPCInferenceService`` as tritonclient's generated function does, but with
+    requests left encoded (see :class:`Encoded`); Ray Serve's ``grpc_servicer_functions``."""
+    capture = _Capture()
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, capture)
+    for service, handlers in capture.services.items():
+        encoded = {
+            method: handler._replace(request_deserializer=_keep_encoded(method))
+            for method, handler in handlers.items()
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, encoded),))
+        if hasattr(server, "add_registered_method_handlers"):
+            server.add_registered_method_handlers(service, encoded)
 
 
 def parameters_dict(parameters: Any) -> dict[str, Any]:
@@ -163,22 +210,31 @@ class GrpcAdapter:
     def __init__(self, dataplane: DataPlane, *, max_request_bytes: int) -> None:
         self.dataplane = dataplane
         self.max_request_bytes = max_request_bytes
-        # RPC name -> (handler, empty response sent alongside an error status).
-        self.methods: dict[str, tuple[Handler, type[Message]]] = {
-            "ServerLive": (self.server_live, pb.ServerLiveResponse),
-            "ServerReady": (self.server_ready, pb.ServerReadyResponse),
-            "ServerMetadata": (self.server_metadata, pb.ServerMetadataResponse),
-            "ModelReady": (self.model_ready, pb.ModelReadyResponse),
-            "ModelMetadata": (self.model_metadata, pb.ModelMetadataResponse),
-            "ModelConfig": (self.model_config, pb.ModelConfigResponse),
-            "ModelInfer": (self.model_infer, pb.ModelInferResponse),
+        # RPC name -> (handler, request class, empty response sent alongside an error).
+        self.methods: dict[str, tuple[Handler, type[Message], type[Message]]] = {
+            "ServerLive": (self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+            "ServerReady": (self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+            "ServerMetadata": (
+                self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse
+            ),
+            "ModelReady": (self.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
+            "ModelMetadata": (
+                self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse
+            ),
+            "ModelConfig": (self.model_config, pb.ModelConfigRequest, pb.ModelConfigResponse),
+            "ModelInfer": (self.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
         }
 
     async def handle(
-        self, method: str, request: Message, call: Call
+        self, method: str, request: Message | Encoded, call: Call
     ) -> tuple[Message, ServingError | None]:
         """Answer one call; never raises. A non-None error becomes the call's status."""
-        handler, empty = self.methods[method]
+        handler, request_class, empty = self.methods[method]
+        try:
+            if isinstance(request, Encoded):
+                request = request_class.FromString(request.data)
+        except DecodeError as exc:
+            return empty(), InvalidRequest(f"malformed {method} request: {exc}")
         try:
             return await handler(request, call), None
         except ServingError as error:

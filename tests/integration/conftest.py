@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
+import onnxruntime as ort
 import pytest
 
 from ..conftest import free_port
@@ -52,14 +54,18 @@ def ray_cluster() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def gateway_url(ray_cluster: None, model_repository: Path) -> Iterator[str]:
-    """``host:port`` of a running gateway serving digits, minilm and resnet18."""
+def gateway(ray_cluster: None, model_repository: Path) -> Iterator[dict[str, str]]:
+    """``{"http": host:port, "grpc": host:port}`` of a gateway serving the three models."""
     from ray import serve
 
     from serving.deployments import build_app
+    from serving.protocol.grpc import SERVICER_FUNCTION
 
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    port, grpc_port = free_port(), free_port()
+    serve.start(
+        http_options={"host": "127.0.0.1", "port": port},
+        grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]},
+    )
     app = build_app({
         "model_repository": str(model_repository),
         "models": ["digits", "minilm", "resnet18"],
@@ -70,5 +76,49 @@ def gateway_url(ray_cluster: None, model_repository: Path) -> Iterator[str]:
     serve.run(app, name="gateway", route_prefix="/", blocking=False)
     url = f"127.0.0.1:{port}"
     wait_ready(url, 120)
-    yield url
+    yield {"http": url, "grpc": f"127.0.0.1:{grpc_port}"}
     serve.shutdown()
+
+
+@pytest.fixture(scope="session")
+def gateway_url(gateway: dict[str, str]) -> str:
+    """``host:port`` of the gateway's HTTP endpoint."""
+    return gateway["http"]
+
+
+@pytest.fixture(scope="session")
+def grpc_url(gateway: dict[str, str]) -> str:
+    """``host:port`` of the gateway's gRPC endpoint."""
+    return gateway["grpc"]
+
+
+@pytest.fixture(scope="session")
+def reference(model_repository: Path):
+    """Direct ONNX Runtime on the same model files: the ground truth."""
+    sessions = {}
+
+    def run(model: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if model not in sessions:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            sessions[model] = ort.InferenceSession(
+                str(model_repository / model / "1" / "model.onnx"), options,
+                providers=["CPUExecutionProvider"])
+        session = sessions[model]
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, feeds), strict=True))
+
+    return run
+
+
+def tokenize(model_repository: Path, sentences: list[str], length: int) -> dict[str, np.ndarray]:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_repository / "minilm/tokenizer/tokenizer.json"))
+    tokenizer.enable_padding(length=length)
+    tokenizer.enable_truncation(max_length=length)
+    encoded = tokenizer.encode_batch(sentences)
+    return {
+        "input_ids": np.array([e.ids for e in encoded], np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encoded], np.int64),
+    }

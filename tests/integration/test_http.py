@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
 import yaml
+
+from .conftest import tokenize
 
 pytestmark = pytest.mark.integration
 
@@ -17,38 +18,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def client(gateway_url: str) -> httpclient.InferenceServerClient:
     return httpclient.InferenceServerClient(gateway_url, concurrency=8, network_timeout=60)
-
-
-@pytest.fixture(scope="module")
-def reference(model_repository: Path):
-    """Direct ONNX Runtime on the same model files: the ground truth."""
-    sessions = {}
-
-    def run(model: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if model not in sessions:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = 1
-            sessions[model] = ort.InferenceSession(
-                str(model_repository / model / "1" / "model.onnx"), options,
-                providers=["CPUExecutionProvider"])
-        session = sessions[model]
-        names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(names, feeds), strict=True))
-
-    return run
-
-
-def tokenize(model_repository: Path, sentences: list[str], length: int) -> dict[str, np.ndarray]:
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(model_repository / "minilm/tokenizer/tokenizer.json"))
-    tokenizer.enable_padding(length=length)
-    tokenizer.enable_truncation(max_length=length)
-    encoded = tokenizer.encode_batch(sentences)
-    return {
-        "input_ids": np.array([e.ids for e in encoded], np.int64),
-        "attention_mask": np.array([e.attention_mask for e in encoded], np.int64),
-    }
 
 
 def infer(client, model: str, feeds: dict[str, np.ndarray], *, binary: bool, **kwargs):

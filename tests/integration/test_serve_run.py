@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import yaml
 
@@ -25,9 +26,10 @@ pytestmark = pytest.mark.integration
 SERVING = [sys.executable, "-m", "serving.cli", "run"]
 
 
-def write_config(tmp_path: Path, port: int, models: list[str]) -> Path:
+def write_config(tmp_path: Path, port: int, models: list[str], grpc_port: int = 0) -> Path:
     document = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
     document["http_options"]["port"] = port
+    document["grpc_options"]["port"] = grpc_port or free_port()
     args = document["applications"][0]["args"]
     args.update(models=models, model_repository=str(ROOT / "models"))
     path = tmp_path / "config.yaml"
@@ -53,8 +55,8 @@ def launch(config: Path, tmp_path: Path, ray_tmp: str, *extra: str) -> subproces
 
 def test_default_proxy_serves_predictions(model_repository: Path, tmp_path: Path,
                                           ray_tmp: str) -> None:
-    port = free_port()
-    process = launch(write_config(tmp_path, port, ["digits"]), tmp_path, ray_tmp,
+    port, grpc_port = free_port(), free_port()
+    process = launch(write_config(tmp_path, port, ["digits"], grpc_port), tmp_path, ray_tmp,
                      "--default-proxy")
     try:
         wait_ready(f"127.0.0.1:{port}", 180, process=process)
@@ -65,6 +67,11 @@ def test_default_proxy_serves_predictions(model_repository: Path, tmp_path: Path
         labels = client.infer("digits", [item]).as_numpy("label")
         assert labels.shape == (4,) and labels.dtype == np.int64
         assert client.is_model_ready("digits") and not client.is_model_ready("minilm")
+        # The YAML's grpc_options serve the same application over gRPC.
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        item = grpcclient.InferInput("input", [4, 64], "FP32")
+        item.set_data_from_numpy(x)
+        np.testing.assert_array_equal(grpc.infer("digits", [item]).as_numpy("label"), labels)
     finally:
         code = processes.stop(process)
     log = (tmp_path / "serve.log").read_text(errors="replace")

@@ -20,7 +20,7 @@ from tritonclient.grpc import service_pb2 as pb
 from serving.config import load_repository, parse_gateway_config
 from serving.dataplane import DataPlane
 from serving.errors import grpc_status_name
-from serving.protocol.grpc import Call, GrpcAdapter
+from serving.protocol.grpc import Call, Encoded, GrpcAdapter
 
 from .conftest import InProcessWorkers
 
@@ -194,3 +194,13 @@ def test_model_config_uses_triton_conventions(run) -> None:
     assert item.name == "input" and list(item.dims) == [64]  # batch dim left out
     assert item.data_type == config_pb.TYPE_FP32
     assert {o.name: list(o.dims) for o in config.output} == {"label": [], "probabilities": [10]}
+
+
+def test_encoded_requests_are_parsed_by_the_adapter(run) -> None:
+    # What the registered deserializer hands over: the bytes, parsed here.
+    wire = client_request("digits", {"input": digits_input(1)}).SerializeToString()
+    response, error = run("ModelInfer", Encoded("ModelInfer", wire))
+    assert error is None and response.outputs[0].name == "label"
+    _, error = run("ModelInfer", Encoded("ModelInfer", b"\xff\xff not a protobuf"))
+    assert error is not None and error[0] == "INVALID_ARGUMENT"
+    assert error[1].startswith("malformed ModelInfer request: Error parsing")
