@@ -79,6 +79,18 @@ class PoolConfig(_Strict):
 
     location: Literal["onprem", "cloud"] = Field(default="onprem")
     device: Literal["cpu", "gpu"] = Field(default="cpu")
+    runtime: Literal["onnx", "triton"] = Field(
+        default="onnx",
+        description="'onnx': ONNX Runtime in the worker; 'triton': forward to triton_url.",
+    )
+    triton_url: str | None = Field(
+        default=None,
+        pattern=r"^[^\s/:]+:\d+$",
+        description="host:port of the Triton server's gRPC endpoint (runtime 'triton').",
+    )
+    triton_timeout_s: float = Field(
+        default=10.0, gt=0, description="Longest one batch may take on the Triton server."
+    )
     min_replicas: int = Field(default=1, ge=0, description="Replicas per model, at least.")
     max_replicas: int = Field(default=1, ge=1, description="Replicas per model, at most.")
     num_cpus_per_replica: float = Field(default=1.0, ge=0, description="Ray CPUs per replica.")
@@ -98,7 +110,19 @@ class PoolConfig(_Strict):
             raise ValueError(
                 f"min_replicas={self.min_replicas} exceeds max_replicas={self.max_replicas}"
             )
+        if (self.runtime == "triton") != (self.triton_url is not None):
+            raise ValueError(
+                f"runtime='{self.runtime}' with triton_url={self.triton_url!r}: a Triton pool "
+                "needs triton_url, and only a Triton pool takes one"
+            )
         return self
+
+    @property
+    def backend(self) -> str:
+        """Where this pool's models run, for error messages."""
+        if self.runtime == "triton":
+            return f"Triton server at {self.triton_url}"
+        return f"ONNX Runtime ({self.device})"
 
 
 DEFAULT_SLO_CLASSES = {

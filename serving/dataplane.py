@@ -19,7 +19,7 @@ from serving import __version__
 from serving.batching.latency import LatencyModel
 from serving.batching.queue import BatchPlanner, BatchQueue
 from serving.config import GatewayConfig, ModelSpec, TensorSpec
-from serving.errors import InvalidRequest, ModelNotFound, ServingError
+from serving.errors import InvalidRequest, ModelNotFound, ModelNotReady, ServingError
 from serving.protocol.tensors import oip_datatype
 from serving.protocol.types import (
     InferRequest,
@@ -43,6 +43,7 @@ class Placement:
     pool: str
     replicas: int
     slots_per_replica: int
+    backend: str = "ONNX Runtime"  # what runs them, for error messages
 
 
 class Workers(Protocol):
@@ -163,6 +164,12 @@ class DataPlane:
         self._warm_start(spec.name)
         met = False
         try:
+            if not await self.workers.ready(spec.name):
+                where = self.workers.placement(spec.name)
+                raise ModelNotReady(
+                    f"model '{spec.name}' is not ready on pool '{where.pool}' ({where.backend})",
+                    retry_after_s=1.0,
+                )
             result = await self.queues[spec.name].submit(request.inputs, ticket)
             if isinstance(result, ServingError):
                 raise result

@@ -38,7 +38,9 @@ from serving.errors import (
 )
 from serving.protocol.grpc import Call, Encoded, GrpcAdapter
 from serving.protocol.rest import RestAdapter
+from serving.runtimes.base import Runtime
 from serving.runtimes.onnx import OnnxRuntime
+from serving.runtimes.triton import TritonRuntime
 from serving.worker import Result, Worker
 
 logger = logging.getLogger(__name__)
@@ -74,18 +76,27 @@ def _call(context: RayServegRPCContext) -> Call:
     return Call(metadata=metadata, deadline=deadline)
 
 
+def make_runtime(spec: ModelSpec, pool: PoolConfig) -> Runtime:
+    """The runtime a pool's ``runtime`` field names."""
+    if pool.runtime == "triton":
+        assert pool.triton_url is not None  # PoolConfig validates the pair
+        return TritonRuntime(spec, url=pool.triton_url, timeout_s=pool.triton_timeout_s)
+    return OnnxRuntime(spec, device=pool.device, intra_op_num_threads=pool.intra_op_num_threads)
+
+
 @serve.deployment
 class ModelWorker:
     """Serves one model on one pool; takes whole batches (one handle call per batch)."""
 
     def __init__(self, spec: ModelSpec, pool_name: str, pool: PoolConfig) -> None:
-        runtime = OnnxRuntime(
-            spec, device=pool.device, intra_op_num_threads=pool.intra_op_num_threads
-        )
-        self.worker = Worker(runtime)
+        self.worker = Worker(make_runtime(spec, pool))
         self.worker.start()
-        self._profile = self.worker.profile()
-        logger.info("worker %s on %s ready (%s)", spec.name, pool_name, runtime.providers)
+        try:
+            self._profile = self.worker.profile()
+        except ServingError as error:  # a remote backend that is down: start, not ready
+            logger.warning("no start-up profile for %s on %s: %s", spec.name, pool_name, error)
+            self._profile = []
+        logger.info("worker %s on %s started (%s)", spec.name, pool_name, pool.backend)
 
     def profile(self) -> list[tuple[int, float]]:
         return self._profile
@@ -94,8 +105,8 @@ class ModelWorker:
         # Off the event loop: a heavy batch must not stall health checks and metrics.
         return await asyncio.to_thread(self.worker.infer_batch, batch)
 
-    def ready(self) -> bool:
-        return True
+    async def ready(self) -> bool:
+        return await asyncio.to_thread(self.worker.runtime.ready)
 
 
 class RayWorkers:
@@ -109,7 +120,8 @@ class RayWorkers:
         self.handles = handles
         self.config = config
         self.timeout_s = config.worker_timeout_s
-        self._ready: dict[str, tuple[float, bool]] = {}
+        self._ready: dict[str, tuple[float, bool]] = {}  # model -> (when, ready)
+        self._refreshing: dict[str, asyncio.Task[bool]] = {}
 
     def _pick(self, model: str) -> tuple[str, DeploymentHandle]:
         # Routing across pools arrives with the router; until then, the first pool serves.
@@ -118,7 +130,9 @@ class RayWorkers:
     def placement(self, model: str) -> Placement:
         name = self._pick(model)[0]
         pool = self.config.pools[name]
-        return Placement(name, max(pool.min_replicas, 1), pool.max_batches_in_flight)
+        return Placement(
+            name, max(pool.min_replicas, 1), pool.max_batches_in_flight, backend=pool.backend
+        )
 
     async def profile(self, model: str) -> list[tuple[int, float]]:
         return await self._pick(model)[1].profile.remote()
@@ -141,18 +155,29 @@ class RayWorkers:
             raise ModelNotReady(
                 f"no worker for model '{model}' on pool '{pool}' is available: {exc}"
             ) from None
+        if any(isinstance(r, ModelNotReady) for r in results):
+            self._ready[model] = (time.monotonic(), False)  # stop sending until it recovers
         return results, seconds
 
     async def ready(self, model: str) -> bool:
-        now = time.monotonic()
+        # On the request path: answer from the cache, refresh a stale answer in the
+        # background (one refresh per model at a time), wait only for the very first.
         cached = self._ready.get(model)
-        if cached and now - cached[0] < READY_TTL_S:
-            return cached[1]
+        if cached is None:
+            return await self._refresh(model)
+        if time.monotonic() - cached[0] >= READY_TTL_S and model not in self._refreshing:
+            loop = asyncio.get_running_loop()
+            self._refreshing[model] = loop.create_task(self._refresh(model))
+        return cached[1]
+
+    async def _refresh(self, model: str) -> bool:
         _, handle = self._pick(model)
         try:
             ready = bool(await asyncio.wait_for(handle.ready.remote(), READY_TIMEOUT_S))
         except (TimeoutError, ray.exceptions.RayError):
             ready = False
+        finally:
+            self._refreshing.pop(model, None)
         self._ready[model] = (time.monotonic(), ready)
         return ready
 

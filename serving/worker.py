@@ -12,7 +12,7 @@ import numpy as np
 
 from serving.batching.merge import group_compatible, merge, split
 from serving.config import ModelSpec, TensorSpec
-from serving.errors import BackendError, ServingError
+from serving.errors import BackendError, ModelNotReady, ServingError
 from serving.protocol.tensors import DATATYPES
 from serving.runtimes.base import Runtime, Tensors
 
@@ -69,8 +69,10 @@ class Worker:
                 for index, output in zip(group, outputs, strict=True):
                     results[index] = output
             except ServingError as error:
-                if len(group) == 1:
-                    results[group[0]] = error
+                # A backend that is down fails every request alike: no one-by-one retries.
+                if len(group) == 1 or isinstance(error, ModelNotReady):
+                    for index in group:
+                        results[index] = error
                     continue
                 for index in group:  # isolate the offending request
                     try:

@@ -33,6 +33,13 @@ def test_defaults_are_valid(model_repository: Path) -> None:
         ({"models": ["digits"], "slo_classes": {"x": {"latency_ms": -1}}},
          ["slo_classes.x.latency_ms", "-1"]),
         ({"models": ["digits"], "colour": "blue"}, ["colour", "Extra inputs"]),
+        ({"models": ["digits"], "pools": {"t": {"runtime": "triton"}}},
+         ["pools.t", "runtime='triton'", "triton_url=None"]),
+        ({"models": ["digits"], "pools": {"o": {"triton_url": "127.0.0.1:8001"}}},
+         ["pools.o", "runtime='onnx'", "triton_url='127.0.0.1:8001'"]),
+        ({"models": ["digits"], "pools": {"t": {"runtime": "triton",
+                                                "triton_url": "http://x:1"}}},
+         ["pools.t.triton_url", "http://x:1"]),
     ],
 )
 def test_bad_gateway_config_names_field_and_value(args: dict, fragments: list[str]) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from serving.config import ModelSpec, TensorSpec
-from serving.errors import BackendError, InvalidRequest
+from serving.errors import BackendError, InvalidRequest, ModelNotReady
 from serving.runtimes.base import Runtime, Tensors
 from serving.worker import Worker
 
@@ -85,3 +85,15 @@ def test_merged_rows_never_exceed_max_batch_size(rows: int) -> None:
     runtime = Doubler()
     Worker(runtime).infer_batch([{"x": np.ones((rows, 2), np.float32)} for _ in range(4)])
     assert max(runtime.calls) <= SPEC.max_batch_size
+
+
+def test_a_backend_that_is_down_fails_the_batch_without_retries() -> None:
+    class Down(Doubler):
+        def infer(self, inputs: Tensors) -> Tensors:
+            self.calls.append(inputs["x"].shape[0])
+            raise ModelNotReady("Triton server at 127.0.0.1:1 failed")
+
+    runtime = Down()
+    results, _ = Worker(runtime).infer_batch([{"x": np.ones((1, 2), np.float32)}] * 3)
+    assert [type(r) for r in results] == [ModelNotReady] * 3
+    assert runtime.calls == [3]  # one shared execution, no one-by-one retries

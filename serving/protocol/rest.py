@@ -70,6 +70,9 @@ class RestAdapter:
     async def handle(self, request: Request) -> Response:
         """Answer one HTTP request; never raises."""
         path, method = request.url.path, request.method
+        root = request.scope.get("root_path", "")
+        if root and path.startswith(root):  # an application under a route prefix
+            path = path[len(root) :] or "/"
         allowed = []
         for route_method, pattern, handler in self.routes:
             match = pattern.fullmatch(path)

@@ -34,6 +34,10 @@ class Runtime(ABC):
     def unload(self) -> None:
         """Release the model's resources."""
 
+    def ready(self) -> bool:
+        """Whether ``infer`` can run now (a remote backend may be down); cheap to call."""
+        return True
+
     def check_metadata(self) -> None:
         """Compare the backend's view of the model with ``config.yaml``; raise on mismatch."""
         inputs, outputs = self.metadata()

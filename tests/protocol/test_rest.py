@@ -215,3 +215,12 @@ def test_metrics_count_requests_by_model_and_outcome(client) -> None:
     assert count("digits", "bad_request") == bad + 1
     assert count("<unknown>", "not_found") == unknown + 1
     assert "serving_request_duration_seconds_bucket" in client.get("/metrics").text
+
+
+def test_not_ready_model_is_refused_naming_pool_and_backend(client, workers) -> None:
+    workers.is_ready = False
+    response = client.post("/v2/models/digits/infer", json=json_body(digits_input()))
+    assert response.status_code == 503
+    assert response.json()["error"] == (
+        "model 'digits' is not ready on pool 'in-process' (ONNX Runtime)")
+    assert response.headers["retry-after"] == "1"
