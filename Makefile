@@ -10,7 +10,7 @@ CONFIG ?= configs/quickstart.yaml
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(DEVICE)
 
-.PHONY: setup models serve test lint bench bench-slo triton-env clean
+.PHONY: setup models serve test lint bench bench-slo bench-grpc triton triton-env clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,13 @@ bench: models
 
 bench-slo: models triton-env
 	$(BIN)/python loadtests/bench_slo.py
+
+bench-grpc: models triton-env
+	$(BIN)/python loadtests/bench_grpc.py
+
+# A local Triton server for configs/triton.yaml (gRPC 127.0.0.1:8101; Ctrl-C stops it).
+triton: models triton-env
+	$(BIN)/python -m serving.tritonserver --models digits minilm
 
 # A real Triton server (the binary in the nvidia-pytriton wheel) needs its own venv: the
 # wheel pins numpy<2. serving/tritonserver.py starts it.
