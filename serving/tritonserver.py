@@ -273,10 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         specs, http_port=args.http_port, grpc_port=args.grpc_port, venv=args.venv
     ) as server:
         print(f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url} (Ctrl-C stops)")
-        try:
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
-        except KeyboardInterrupt:
-            pass
+        # Block, then wait: an unblocked SIGTERM would end this process before the
+        # ``with`` stops the server (blocked only now, so tritonserver does not inherit it).
+        stop_signals = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+        signal.sigwait(stop_signals)
     return 0
 
 

@@ -65,3 +65,44 @@ def test_missing_installation_says_how_to_get_it(tmp_path: Path, model_repositor
                           grpc_port=free_port(), venv=tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="make triton-env"):
         server.start()
+
+
+def test_launcher_stops_its_server_on_sigterm(model_repository, tmp_path: Path) -> None:
+    # Regression: SIGTERM ended the launcher before it stopped tritonserver (an orphan).
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    import psutil
+
+    from serving import processes
+
+    http_port = free_port()
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "serving.tritonserver", "--models", "digits",
+         "--http-port", str(http_port), "--grpc-port", str(free_port())],
+        stdout=(tmp_path / "launcher.log").open("wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{http_port}/v2/health/ready"
+
+    def answers() -> bool:
+        try:
+            return httpx.get(url, timeout=1).is_success
+        except httpx.HTTPError:
+            return False
+
+    try:
+        deadline = time.monotonic() + 60
+        while not answers() and time.monotonic() < deadline and launcher.poll() is None:
+            time.sleep(0.25)
+        assert answers(), (tmp_path / "launcher.log").read_text()
+        children = psutil.Process(launcher.pid).children(recursive=True)
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=45) == 0
+        assert not answers()  # the server went with it
+    finally:
+        processes.stop(launcher)
+        for child in locals().get("children", []):  # ours: never leave an orphan behind
+            if child.is_running():
+                child.kill()
