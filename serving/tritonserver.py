@@ -228,11 +228,19 @@ class TritonServer:
         ]
         output = (self.log or work / "tritonserver.log").open("wb")
         self.process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            self._wait_ready(timeout_s, output.name)
+        except BaseException:  # a timeout, a dead server, or an interrupt mid-start
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout_s: float, log: str) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
-                    f"tritonserver exited with {self.process.returncode}; log: {output.name}"
+                    f"tritonserver exited with {self.process.returncode}; log ends:\n{_tail(log)}"
                 )
             try:
                 if httpx.get(f"http://{self.http_url}/v2/health/ready", timeout=1).is_success:
@@ -240,8 +248,7 @@ class TritonServer:
             except httpx.HTTPError:
                 pass
             time.sleep(0.25)
-        self.stop()
-        raise TimeoutError(f"tritonserver not ready within {timeout_s}s; log: {output.name}")
+        raise TimeoutError(f"tritonserver not ready within {timeout_s}s; log ends:\n{_tail(log)}")
 
     def stop(self) -> None:
         """SIGTERM (Triton drains and exits), then SIGKILL after a bound; own PID only."""
@@ -269,16 +276,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
     args = parser.parse_args(argv)
     specs = [load_model_spec(args.repository, name) for name in args.models]
-    with TritonServer(
-        specs, http_port=args.http_port, grpc_port=args.grpc_port, venv=args.venv
-    ) as server:
-        print(f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url} (Ctrl-C stops)")
-        # Block, then wait: an unblocked SIGTERM would end this process before the
-        # ``with`` stops the server (blocked only now, so tritonserver does not inherit it).
-        stop_signals = {signal.SIGINT, signal.SIGTERM}
-        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-        signal.sigwait(stop_signals)
+    # SIGTERM must unwind like Ctrl-C, at any moment (even mid-start), so that the server
+    # is stopped; by default it would end this process and leave tritonserver running.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with TritonServer(
+            specs, http_port=args.http_port, grpc_port=args.grpc_port, venv=args.venv
+        ) as server:
+            print(f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url} "
+                  "(Ctrl-C stops)", flush=True)
+            while True:
+                signal.pause()
+    except KeyboardInterrupt:
+        pass
     return 0
+
+
+def _tail(path: str, size: int = 2000) -> str:
+    # The log may live in the temp dir that stopping removes: quote it while it exists.
+    try:
+        return Path(path).read_text(errors="replace")[-size:]
+    except OSError:
+        return "(no log)"
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
