@@ -124,6 +124,10 @@ class DataPlane:
     def server_metadata(self) -> MetadataServerResponse:
         return MetadataServerResponse(name="serving", version=__version__, extensions=EXTENSIONS)
 
+    def model_label(self, name: str) -> str:
+        """``name`` as a metric label: unknown names share one label (bounded cardinality)."""
+        return name if name in self.specs else metrics.UNKNOWN_MODEL
+
     def spec(self, name: str, version: str | None = None) -> ModelSpec:
         """The model's spec; :class:`ModelNotFound` for an unknown name or version."""
         spec = self.specs.get(name)

@@ -12,10 +12,8 @@ for the Ray layer to turn into a gRPC status through :mod:`serving.errors`.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any
 
 import grpc
@@ -117,10 +115,7 @@ def parameters_dict(parameters: Any) -> dict[str, Any]:
     return out
 
 
-def _decode_tensor(item: pb.ModelInferRequest.InferInputTensor) -> np.ndarray:
-    shape = list(item.shape)
-    if any(d < 0 for d in shape):
-        raise InvalidRequest(f"tensor '{item.name}': shape {shape} has a negative dimension")
+def _decode_tensor(item: pb.ModelInferRequest.InferInputTensor, shape: list[int]) -> np.ndarray:
     tensors.numpy_dtype(item.datatype, tensor=item.name)  # unknown datatype -> 400
     slot = CONTENTS.get(item.datatype)
     if slot is None:
@@ -152,16 +147,13 @@ def decode_infer_request(message: pb.ModelInferRequest) -> tuple[InferRequest, b
     for index, item in enumerate(message.inputs):
         if item.name in inputs:
             raise InvalidRequest(f"input '{item.name}' appears twice")
+        shape = list(item.shape)
+        if any(d < 0 for d in shape):
+            raise InvalidRequest(f"tensor '{item.name}': shape {shape} has a negative dimension")
         if raw:
-            if any(d < 0 for d in item.shape):
-                raise InvalidRequest(
-                    f"tensor '{item.name}': shape {list(item.shape)} has a negative dimension"
-                )
-            inputs[item.name] = tensors.decode_binary(
-                item.name, item.datatype, list(item.shape), raw[index]
-            )
+            inputs[item.name] = tensors.decode_binary(item.name, item.datatype, shape, raw[index])
         else:
-            inputs[item.name] = _decode_tensor(item)
+            inputs[item.name] = _decode_tensor(item, shape)
     request = InferRequest(
         model=message.model_name,
         version=message.model_version or None,
@@ -300,11 +292,7 @@ class GrpcAdapter:
         return pb.ModelConfigResponse(config=config)
 
     async def model_infer(self, request: pb.ModelInferRequest, call: Call) -> Message:
-        start = time.monotonic()
-        model = request.model_name
-        label = model if model in self.dataplane.specs else metrics.UNKNOWN_MODEL
-        status = HTTPStatus.INTERNAL_SERVER_ERROR
-        try:
+        with metrics.track_request(self.dataplane.model_label(request.model_name), "grpc"):
             size = request.ByteSize()
             if size > self.max_request_bytes:
                 raise PayloadTooLarge(
@@ -314,11 +302,4 @@ class GrpcAdapter:
             infer_request.slo_class = call.metadata.get(SLO_HEADER)
             infer_request.deadline = call.deadline
             result = await self.dataplane.infer(infer_request)
-            response = encode_infer_response(result, raw)
-            status = HTTPStatus.OK
-            return response
-        except ServingError as error:
-            status = error.status
-            raise
-        finally:
-            metrics.observe_request(label, "grpc", status, time.monotonic() - start)
+            return encode_infer_response(result, raw)

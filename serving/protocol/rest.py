@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 import zlib
 from collections.abc import Awaitable, Callable
-from http import HTTPStatus
 from typing import Any
 
 from pydantic import ValidationError
@@ -116,24 +114,14 @@ class RestAdapter:
         return Response(body, media_type=content_type)
 
     async def infer(self, request: Request, model: str, version: str | None) -> Response:
-        start = time.monotonic()
-        label = model if model in self.dataplane.specs else metrics.UNKNOWN_MODEL
-        status = HTTPStatus.INTERNAL_SERVER_ERROR
-        try:
+        with metrics.track_request(self.dataplane.model_label(model), "http"):
             body = await self._read_body(request)
             infer_request, binary_outputs = decode_infer_request(
                 body, request.headers.get(HEADER_LENGTH), model, version
             )
             infer_request.slo_class = request.headers.get(SLO_HEADER)
             result = await self.dataplane.infer(infer_request)
-            response = encode_infer_response(result, binary_outputs)
-            status = HTTPStatus.OK
-            return response
-        except ServingError as error:
-            status = error.status
-            raise
-        finally:
-            metrics.observe_request(label, "http", status, time.monotonic() - start)
+            return encode_infer_response(result, binary_outputs)
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.max_request_bytes

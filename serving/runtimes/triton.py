@@ -68,18 +68,20 @@ class TritonRuntime(Runtime):
     async def _connect(self) -> triton.InferenceServerClient:
         return triton.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
 
-    def _run(self, coroutine: Coroutine[Any, Any, T], timeout_s: float) -> T:
-        if self._loop is None:
+    def _require_client(self) -> triton.InferenceServerClient:
+        if self._client is None:
             raise ModelNotReady(f"model '{self.spec.name}': runtime for {self.backend} not loaded")
+        return self._client
+
+    def _run(self, coroutine: Coroutine[Any, Any, T], timeout_s: float) -> T:
+        assert self._loop is not None  # load() makes the loop before anything runs on it
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         try:
             return future.result(timeout_s + 1.0)  # the call's own deadline fires first
         except TimeoutError:
             future.cancel()
             raise self._error(TimeoutError(f"no answer within {timeout_s}s")) from None
-        except ServingError:
-            raise
-        except Exception as exc:
+        except Exception as exc:  # tritonclient's and grpc's errors
             raise self._error(exc) from None
 
     def _error(self, exc: Exception) -> ServingError:
@@ -97,9 +99,8 @@ class TritonRuntime(Runtime):
         )
 
     def metadata(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
-        assert self._client is not None
         meta = self._run(
-            self._client.get_model_metadata(
+            self._require_client().get_model_metadata(
                 self.spec.name, self.spec.version, client_timeout=self.timeout_s
             ),
             self.timeout_s,
@@ -142,8 +143,7 @@ class TritonRuntime(Runtime):
             return False
 
     def infer(self, inputs: Tensors) -> Tensors:
-        if self._client is None:
-            raise ModelNotReady(f"model '{self.spec.name}': runtime for {self.backend} not loaded")
+        client = self._require_client()
         items = []
         for name, array in inputs.items():
             item = triton.InferInput(name, list(array.shape), oip_datatype(array))
@@ -151,7 +151,7 @@ class TritonRuntime(Runtime):
             items.append(item)
         outputs = [triton.InferRequestedOutput(t.name) for t in self.spec.outputs]
         result = self._run(
-            self._client.infer(
+            client.infer(
                 self.spec.name,
                 items,
                 model_version=self.spec.version,

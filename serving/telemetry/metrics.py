@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http import HTTPStatus
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as _generate
+
+from serving.errors import ServingError
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 UNKNOWN_MODEL = "<unknown>"  # label for requests naming no configured model (bounded cardinality)
@@ -95,6 +100,22 @@ def observe_request(model: str, protocol: str, status: HTTPStatus, seconds: floa
     label = outcome(status)
     REQUESTS.labels(model, protocol, label).inc()
     REQUEST_LATENCY.labels(model, protocol, label).observe(seconds)
+
+
+@contextmanager
+def track_request(model: str, protocol: str) -> Iterator[None]:
+    """Count and time the inference request in the ``with`` block: ``ok`` if it completes,
+    the :class:`ServingError`'s status if it raises one, 500 for anything else."""
+    start = time.monotonic()
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+    try:
+        yield
+        status = HTTPStatus.OK
+    except ServingError as error:
+        status = error.status
+        raise
+    finally:
+        observe_request(model, protocol, status, time.monotonic() - start)
 
 
 def exposition() -> tuple[bytes, str]:
