@@ -110,14 +110,23 @@ class ModelWorker:
 
 
 class RayWorkers:
-    """The data plane's :class:`~serving.dataplane.Workers`, over Ray deployment handles."""
+    """The data plane's :class:`~serving.dataplane.Workers`, over Ray deployment handles.
+
+    Batches travel over Serve's replica-to-replica gRPC transport, not Ray actor calls
+    (``_by_reference=False``): per call it cost about half the CPU in the gateway and the
+    worker, and halved the median latency at 1200 req/s on digits (README, Benchmarks).
+    Batches and results are small numpy payloads, so passing them by value loses nothing.
+    """
 
     def __init__(
         self,
         handles: dict[str, dict[str, DeploymentHandle]],
         config: GatewayConfig,
     ) -> None:
-        self.handles = handles
+        self.handles = {
+            model: {pool: handle.options(_by_reference=False) for pool, handle in pools.items()}
+            for model, pools in handles.items()
+        }
         self.config = config
         self.timeout_s = config.worker_timeout_s
         self._ready: dict[str, tuple[float, bool]] = {}  # model -> (when, ready)
@@ -151,7 +160,7 @@ class RayWorkers:
             raise BackendError(
                 f"worker for model '{model}' on pool '{pool}' failed: {exc}"
             ) from None
-        except ray.exceptions.RayError as exc:
+        except (ray.exceptions.RayError, grpc.aio.AioRpcError) as exc:
             raise ModelNotReady(
                 f"no worker for model '{model}' on pool '{pool}' is available: {exc}"
             ) from None
@@ -174,7 +183,7 @@ class RayWorkers:
         _, handle = self._pick(model)
         try:
             ready = bool(await asyncio.wait_for(handle.ready.remote(), READY_TIMEOUT_S))
-        except (TimeoutError, ray.exceptions.RayError):
+        except (TimeoutError, ray.exceptions.RayError, grpc.aio.AioRpcError):
             ready = False
         finally:
             self._refreshing.pop(model, None)
