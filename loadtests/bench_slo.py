@@ -4,11 +4,12 @@ knobs, default proxy) vs the raw in-process model limit, side by side in one run
     python loadtests/bench_slo.py [--seconds 8] [--rates 100 200 400 700 1000 1400]
 
 Same model (digits), same open-loop load for every system: Poisson arrivals at each rate,
-then a bursty pattern at 80% of the gateway's measured capacity. For each point: throughput,
-p50/p99, goodput (answered 200 within the SLO) and SLO attainment over all offered requests.
-Writes JSON, a markdown table with ratios (gateway ÷ peer) and a PNG plot to
-``loadtests/results/``. Triton (its dynamic batcher, 1 ms max queue delay, ORT in the Python
-backend, one thread like the others) joins when ``make triton-env`` has built its venv.
+then a bursty pattern (gamma gaps) and an on/off overload pattern, both at 80% of the
+gateway's measured capacity. For each point: throughput, p50/p99, goodput (answered 200
+within the SLO) and SLO attainment over all offered requests. Writes JSON, a markdown table
+with ratios (gateway ÷ peer) and a PNG plot to ``loadtests/results/``. Triton (its dynamic
+batcher, 1 ms max queue delay, ORT in the Python backend, one thread like the others) joins
+when ``make triton-env`` has built its venv.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from loadtests.harness import (
     free_port,
     gateway_config,
 )
-from loadtests.openloop import Point, run
+from loadtests.openloop import BURSTY_CV, Point, run
 
 MODEL = ROOT / "models" / "digits" / "1" / "model.onnx"
 BASELINE = "loadtests.baselines.serve_batch:build_app"
@@ -152,7 +153,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument(
-        "--rates", type=float, nargs="+", default=[25, 50, 100, 200, 400, 700, 1000, 1400, 2000]
+        "--rates",
+        type=float,
+        nargs="+",
+        default=[25, 50, 100, 200, 400, 700, 1000, 1200, 1400, 2000],
     )
     parser.add_argument("--slo-ms", type=float, default=50)
     args = parser.parse_args()
@@ -168,21 +172,24 @@ def main() -> int:
                 if bursty_rate is None:
                     bursty_rate = max(0.8 * capacity(points), 50.0)
                 data, headers = body()
-                bursty = asyncio.run(
-                    run(
-                        f"{url}/v2/models/digits/infer",
-                        data,
-                        headers,
-                        pattern="bursty",
-                        rate=bursty_rate,
-                        seconds=max(args.seconds, 10),
-                        slo_s=slo_s,
+                patterns = {}
+                for pattern in ("bursty", "onoff"):
+                    patterns[pattern] = asyncio.run(
+                        run(
+                            f"{url}/v2/models/digits/infer",
+                            data,
+                            headers,
+                            pattern=pattern,
+                            rate=bursty_rate,
+                            seconds=max(args.seconds, 10),
+                            slo_s=slo_s,
+                        )
                     )
-                )
-                print(f"  bursty {bursty_rate:6.0f} req/s -> {bursty}", flush=True)
+                    print(f"  {pattern} {bursty_rate:6.0f} -> {patterns[pattern]}", flush=True)
+                    drain(url, server.ready_path)
             results[name] = {
                 "poisson": [p.as_dict() for p in points],
-                "bursty": bursty.as_dict(),
+                **{pattern: point.as_dict() for pattern, point in patterns.items()},
                 "capacity_rps": capacity(points),
             }
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -202,10 +209,11 @@ def markdown(results: dict[str, dict], slo_ms: float, bursty_rate: float) -> str
     gateway = results["gateway"]
     lines = [
         f"digits, OIP JSON request of 1 row, SLO {slo_ms:.0f} ms, open loop (Poisson sweep; "
-        f"bursty at {bursty_rate:.0f} req/s mean = 80% of the gateway's capacity)",
+        f"bursty and on/off at {bursty_rate:.0f} req/s mean = 80% of the gateway's capacity; "
+        f"bursty: gamma gaps, CV {BURSTY_CV:g}; on/off: 2.5x for 0.5 s, 0.5x for 1.5 s)",
         "",
         "| system | max goodput at ≥99% attainment (req/s) | gateway ÷ system | "
-        "bursty attainment | bursty p99 ms |",
+        "bursty attainment / p99 ms | on/off attainment / p99 ms |",
         "|---|---|---|---|---|",
     ]
     for name, result in results.items():
@@ -223,7 +231,11 @@ def markdown(results: dict[str, dict], slo_ms: float, bursty_rate: float) -> str
         )
         lines.append(
             f"| {name} | {result['capacity_rps']:.0f} | {ratio} | "
-            f"{result['bursty']['attainment']:.3f} | {result['bursty']['p99_ms']:.0f} |"
+            + " | ".join(
+                f"{result[pattern]['attainment']:.3f} / {result[pattern]['p99_ms']:.0f}"
+                for pattern in ("bursty", "onoff")
+            )
+            + " |"
         )
     lines += [
         "",

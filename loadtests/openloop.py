@@ -31,15 +31,33 @@ class Point:
         return asdict(self)
 
 
+BURSTY_CV = 3.0  # coefficient of variation of the bursty pattern's gaps (Poisson: 1)
+PATTERNS = ("poisson", "bursty", "onoff")
+
+
 def arrivals(pattern: str, rate: float, seconds: float, seed: int = 0) -> list[float]:
-    """Send times in [0, seconds). ``bursty``: 0.5 s at 2.5x the rate, then 1.5 s at 0.5x."""
+    """Send times in [0, seconds) at ``rate`` req/s on average.
+
+    ``poisson``: exponential gaps. ``bursty``: gamma gaps with coefficient of variation
+    :data:`BURSTY_CV`, so requests come in clumps (dozens within a few ms) separated by
+    lulls, the usual model of bursty inference traffic. ``onoff``: Poisson at 2.5x the rate
+    for 0.5 s, then 0.5x for 1.5 s; at 80% of a system's capacity its peaks are 2x that
+    capacity for ten 50 ms SLOs in a row: an overload stress, not a load a system can serve
+    within its SLO.
+    """
+    if pattern not in PATTERNS:
+        raise ValueError(f"unknown pattern {pattern!r} (known: {', '.join(PATTERNS)})")
     rng = random.Random(seed)
+    shape = 1.0 / BURSTY_CV**2
     times, t = [], 0.0
     while True:
-        current = rate
         if pattern == "bursty":
-            current = rate * (2.5 if (t % 2.0) < 0.5 else 0.5)
-        t += rng.expovariate(current)
+            t += rng.gammavariate(shape, 1.0 / (rate * shape))
+        else:
+            current = rate
+            if pattern == "onoff":
+                current = rate * (2.5 if (t % 2.0) < 0.5 else 0.5)
+            t += rng.expovariate(current)
         if t >= seconds:
             return times
         times.append(t)
