@@ -79,6 +79,7 @@ class BatchPlanner:
         self.safety_s = safety_s
         self.in_flight = 0
         self.queue: list[Entry] = []  # sorted by Entry.key
+        self._widest_rows = max_rows  # no queued entry has more rows (bounds its cost)
 
     def _cost(self, batch_rows: int) -> float:
         return self.latency.overhead_s + self.latency.predict(batch_rows)
@@ -90,7 +91,8 @@ class BatchPlanner:
     def predict_completion(self, entry: Entry, now: float) -> float:
         """Estimated completion of ``entry`` given the work queued ahead of it."""
         cap = self.latency.saturation_rows(self.max_rows)
-        ahead = sum(e.rows for e in self.queue if e.key() < entry.key())
+        position = bisect.bisect_left(self.queue, entry.key(), key=Entry.key)
+        ahead = sum(e.rows for e in self.queue[:position])
         full_batch = self._cost(cap)
         slot_wait = 0.5 * full_batch if self.in_flight >= self.replicas else 0.0
         batches_ahead = ahead // cap
@@ -123,6 +125,7 @@ class BatchPlanner:
                 )
             evicted.append(self.queue.pop())
         bisect.insort(self.queue, entry, key=Entry.key)
+        self._widest_rows = max(self._widest_rows, entry.rows)
         return evicted
 
     def remove(self, entry: Entry) -> None:
@@ -130,25 +133,46 @@ class BatchPlanner:
         if index < len(self.queue) and self.queue[index] is entry:
             del self.queue[index]
 
+    def _scan(self, now: float, probe: Entry | None) -> tuple[list[Entry], float]:
+        """The doomed entries, and the earliest doom among the rest (probe excluded).
+
+        Runs on every arrival and completion, so it must not cost O(queue): within a
+        priority level entries are in deadline order and no entry costs more than the
+        widest seen, so each level's scan stops once later deadlines can neither be doomed
+        nor beat the earliest doom found.
+        """
+        widest = self._cost(self._widest_rows)
+        expired: list[Entry] = []
+        earliest = math.inf
+        start = 0
+        while start < len(self.queue):
+            level = self.queue[start].ticket.priority
+            end = bisect.bisect_left(
+                self.queue, (level + 1, -math.inf, -1), lo=start, key=Entry.key
+            )
+            for index in range(start, end):
+                entry = self.queue[index]
+                deadline = entry.ticket.deadline
+                if deadline - widest >= max(now, earliest):
+                    break  # this and later entries: not doomed, not earlier
+                doom = self.doom(entry)
+                if now > doom and not (entry is probe and now < deadline):
+                    expired.append(entry)
+                elif entry is not probe:
+                    earliest = min(earliest, doom)
+            start = end
+        return expired, earliest
+
     def plan(self, now: float) -> Plan:
         """Expire the doomed, then choose a batch to send now (or when to look again)."""
         # An idle pipeline tries its head request until the real deadline (see admit()).
         probe = self.queue[0] if self.in_flight == 0 and self.queue else None
-        expired = [
-            e
-            for e in self.queue
-            if now > self.doom(e) and not (e is probe and now < e.ticket.deadline)
-        ]
+        expired, earliest_doom = self._scan(now, probe)
         if expired:
             gone = set(map(id, expired))
             self.queue = [e for e in self.queue if id(e) not in gone]
         if not self.queue:
             return Plan([], expired, None)
-        earliest_doom = (
-            min(self.doom(e) for e in self.queue if e is not probe)
-            if len(self.queue) > (probe is not None)
-            else math.inf
-        )
         if self.in_flight >= self.slots:
             return Plan([], expired, _finite(earliest_doom))
         cap = self.latency.saturation_rows(self.max_rows)

@@ -4,6 +4,8 @@ drive a fake worker with events, never sleeps."""
 from __future__ import annotations
 
 import asyncio
+import bisect
+import math
 
 import numpy as np
 import pytest
@@ -153,6 +155,47 @@ def test_memory_stays_bounded_under_a_flood() -> None:
             pass
         assert len(p.queue) <= 50
     assert accepted >= 50
+
+
+def test_regression_planning_does_not_walk_a_deep_queue() -> None:
+    # plan() runs on every arrival and completion; scanning 10,000 queued requests each time
+    # made a deep (long-budget) queue cost more CPU per request than serving it.
+    p = planner(max_queued=20_000)
+    p.in_flight = 2  # busy: everything waits
+    for i in range(10_000):  # queued directly: admission would refuse most of them
+        bisect.insort(p.queue, entry(i, 1000 + i, priority=i % 3), key=Entry.key)
+    evaluated = 0
+    doom = p.doom
+
+    def counting(e: Entry) -> float:
+        nonlocal evaluated
+        evaluated += 1
+        return doom(e)
+
+    p.doom = counting
+    plan = p.plan(500 * MS)
+    assert evaluated < 50 and plan.expired == []
+    assert plan.wake_at == pytest.approx(1000 * MS - 11 * MS)  # the earliest doom, exactly
+    expired = p.plan(1500 * MS).expired  # deadlines 1000..1489 ms are lost by then
+    assert sorted(names(expired)) == sorted(i for i in range(10_000) if 1000 + i < 1511)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_scan_agrees_with_checking_every_entry(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    p = planner()
+    for i in range(int(rng.integers(1, 200))):
+        e = entry(i, float(rng.uniform(0, 300)), priority=int(rng.integers(0, 3)),
+                  rows=int(rng.integers(1, 9)))
+        bisect.insort(p.queue, e, key=Entry.key)
+    now = float(rng.uniform(0, 300)) * MS
+    probe = p.queue[0] if rng.random() < 0.5 else None
+    expired, earliest = p._scan(now, probe)
+    doomed = [e for e in p.queue
+              if now > p.doom(e) and not (e is probe and now < e.ticket.deadline)]
+    rest = [p.doom(e) for e in p.queue if e not in doomed and e is not probe]
+    assert expired == doomed
+    assert earliest == (min(rest) if rest else math.inf)
 
 
 class FakeWorker:
