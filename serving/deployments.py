@@ -16,6 +16,7 @@ import ray
 from google.protobuf.message import Message
 from ray import serve
 from ray.serve._private import replica as serve_replica
+from ray.serve.exceptions import BackPressureError, RayServeException
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
@@ -33,6 +34,7 @@ from serving.errors import (
     BackendError,
     DeadlineExceeded,
     ModelNotReady,
+    Overloaded,
     ServingError,
     grpc_status_name,
 )
@@ -46,6 +48,9 @@ from serving.worker import Result, Worker
 logger = logging.getLogger(__name__)
 READY_TTL_S = 1.0  # how long a readiness answer is reused
 READY_TIMEOUT_S = 2.0
+# What a worker call raises when no worker could take it: a dead or restarting actor,
+# Serve's own routing errors, or a broken channel of the by-value transport.
+_UNAVAILABLE = (ray.exceptions.RayError, RayServeException, grpc.aio.AioRpcError)
 
 
 class DeadlineContext(RayServegRPCContext):
@@ -160,7 +165,12 @@ class RayWorkers:
             raise BackendError(
                 f"worker for model '{model}' on pool '{pool}' failed: {exc}"
             ) from None
-        except (ray.exceptions.RayError, grpc.aio.AioRpcError) as exc:
+        except BackPressureError:
+            raise Overloaded(
+                f"the workers for model '{model}' on pool '{pool}' are all full",
+                retry_after_s=1.0,
+            ) from None
+        except _UNAVAILABLE as exc:
             raise ModelNotReady(
                 f"no worker for model '{model}' on pool '{pool}' is available: {exc}"
             ) from None
@@ -183,7 +193,7 @@ class RayWorkers:
         _, handle = self._pick(model)
         try:
             ready = bool(await asyncio.wait_for(handle.ready.remote(), READY_TIMEOUT_S))
-        except (TimeoutError, ray.exceptions.RayError, grpc.aio.AioRpcError):
+        except (TimeoutError, *_UNAVAILABLE):
             ready = False
         finally:
             self._refreshing.pop(model, None)
