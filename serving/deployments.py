@@ -51,6 +51,13 @@ READY_TIMEOUT_S = 2.0
 # What a worker call raises when no worker could take it: a dead or restarting actor,
 # Serve's own routing errors, or a broken channel of the by-value transport.
 _UNAVAILABLE = (ray.exceptions.RayError, RayServeException, grpc.aio.AioRpcError)
+# Batches larger than this go through Ray's object store rather than by value over gRPC,
+# whose messages are limited to 4 MiB (RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH).
+BY_VALUE_MAX_BYTES = 1 << 20
+
+
+class _MessageTooLarge(Exception):
+    """A by-value call exceeded the gRPC message limit (a large reply)."""
 
 
 class DeadlineContext(RayServegRPCContext):
@@ -117,10 +124,12 @@ class ModelWorker:
 class RayWorkers:
     """The data plane's :class:`~serving.dataplane.Workers`, over Ray deployment handles.
 
-    Batches travel over Serve's replica-to-replica gRPC transport, not Ray actor calls
-    (``_by_reference=False``): per call it cost about half the CPU in the gateway and the
-    worker, and halved the median latency at 1200 req/s on digits (README, Benchmarks).
-    Batches and results are small numpy payloads, so passing them by value loses nothing.
+    Batches up to :data:`BY_VALUE_MAX_BYTES` travel by value over Serve's replica-to-replica
+    gRPC transport (``_by_reference=False``): per call it cost about half the CPU of a Ray
+    actor call in the gateway and the worker, and halved the median latency at 1200 req/s
+    on digits (README, Benchmarks). Larger batches go as Ray actor calls through the object
+    store, which has no message limit; so does a batch whose reply outgrew gRPC's 4 MiB
+    message limit (it is sent again: inference is idempotent).
     """
 
     def __init__(
@@ -128,7 +137,8 @@ class RayWorkers:
         handles: dict[str, dict[str, DeploymentHandle]],
         config: GatewayConfig,
     ) -> None:
-        self.handles = {
+        self.handles = handles
+        self._by_value = {
             model: {pool: handle.options(_by_reference=False) for pool, handle in pools.items()}
             for model, pools in handles.items()
         }
@@ -153,6 +163,16 @@ class RayWorkers:
 
     async def infer(self, model: str, batch: list[Tensors]) -> tuple[list[Result], float]:
         pool, handle = self._pick(model)
+        if sum(a.nbytes for request in batch for a in request.values()) <= BY_VALUE_MAX_BYTES:
+            try:
+                return await self._call(model, pool, self._by_value[model][pool], batch)
+            except _MessageTooLarge:
+                pass  # the reply outgrew the gRPC message limit: the object store has none
+        return await self._call(model, pool, handle, batch)
+
+    async def _call(
+        self, model: str, pool: str, handle: DeploymentHandle, batch: list[Tensors]
+    ) -> tuple[list[Result], float]:
         response = handle.infer_batch.remote(batch)
         try:
             results, seconds = await asyncio.wait_for(response, self.timeout_s)
@@ -169,6 +189,12 @@ class RayWorkers:
             raise Overloaded(
                 f"the workers for model '{model}' on pool '{pool}' are all full",
                 retry_after_s=1.0,
+            ) from None
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise _MessageTooLarge from None
+            raise ModelNotReady(
+                f"no worker for model '{model}' on pool '{pool}' is available: {exc.details()}"
             ) from None
         except _UNAVAILABLE as exc:
             raise ModelNotReady(

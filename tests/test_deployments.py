@@ -1,0 +1,80 @@
+"""How the gateway reaches its workers: which transport a batch takes, and what a failed
+call becomes. Fake handles stand in for Ray's; the Ray path itself runs in tests/integration."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+
+from serving.config import GatewayConfig
+from serving.deployments import BY_VALUE_MAX_BYTES, RayWorkers
+from serving.errors import ModelNotReady
+
+
+def rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="boom")
+
+
+class FakeHandle:
+    """Answers ``infer_batch.remote(batch)`` like a worker, or fails with ``error``."""
+
+    def __init__(self, name: str, calls: list[str], error: Exception | None = None) -> None:
+        self.name, self.calls, self.error = name, calls, error
+        self.by_value: FakeHandle | None = None
+
+    def options(self, *, _by_reference: bool) -> FakeHandle:
+        assert _by_reference is False
+        assert self.by_value is not None
+        return self.by_value
+
+    @property
+    def infer_batch(self) -> FakeHandle:
+        return self
+
+    def remote(self, batch):
+        self.calls.append(self.name)
+
+        async def answer():
+            if self.error is not None:
+                raise self.error
+            return [{"y": request["x"] * 2} for request in batch], 0.001
+
+        return answer()
+
+
+def workers(by_value_error: Exception | None = None) -> tuple[RayWorkers, list[str]]:
+    calls: list[str] = []
+    handle = FakeHandle("by-reference", calls)
+    handle.by_value = FakeHandle("by-value", calls, by_value_error)
+    config = GatewayConfig(models=["m"], model_repository="models")
+    return RayWorkers({"m": {"onprem-cpu": handle}}, config), calls
+
+
+def batch(nbytes: int) -> list[dict[str, np.ndarray]]:
+    return [{"x": np.ones(nbytes // 4, np.float32)}]
+
+
+def test_small_batches_go_by_value_large_ones_through_the_object_store() -> None:
+    ray_workers, calls = workers()
+    results, _ = asyncio.run(ray_workers.infer("m", batch(1024)))
+    assert calls == ["by-value"] and results[0]["y"][0] == 2
+    asyncio.run(ray_workers.infer("m", batch(BY_VALUE_MAX_BYTES + 4)))
+    assert calls == ["by-value", "by-reference"]
+
+
+def test_regression_a_reply_over_the_grpc_limit_is_sent_again_by_reference() -> None:
+    # A batch of large images came back RESOURCE_EXHAUSTED (gRPC's 4 MiB message limit)
+    # and reached clients as 503s while the model was healthy.
+    ray_workers, calls = workers(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED))
+    results, _ = asyncio.run(ray_workers.infer("m", batch(1024)))
+    assert calls == ["by-value", "by-reference"] and results[0]["y"][0] == 2
+
+
+def test_a_broken_channel_means_the_model_is_not_ready() -> None:
+    ray_workers, calls = workers(rpc_error(grpc.StatusCode.UNAVAILABLE))
+    with pytest.raises(ModelNotReady, match="no worker for model 'm' on pool 'onprem-cpu'"):
+        asyncio.run(ray_workers.infer("m", batch(1024)))
+    assert calls == ["by-value"]
