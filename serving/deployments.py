@@ -190,15 +190,14 @@ class RayWorkers:
                 f"the workers for model '{model}' on pool '{pool}' are all full",
                 retry_after_s=1.0,
             ) from None
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                raise _MessageTooLarge from None
-            raise ModelNotReady(
-                f"no worker for model '{model}' on pool '{pool}' is available: {exc.details()}"
-            ) from None
         except _UNAVAILABLE as exc:
+            detail: object = exc
+            if isinstance(exc, grpc.aio.AioRpcError):
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise _MessageTooLarge from None
+                detail = exc.details()  # str(exc) is a multi-line debug dump
             raise ModelNotReady(
-                f"no worker for model '{model}' on pool '{pool}' is available: {exc}"
+                f"no worker for model '{model}' on pool '{pool}' is available: {detail}"
             ) from None
         if any(isinstance(r, ModelNotReady) for r in results):
             self._ready[model] = (time.monotonic(), False)  # stop sending until it recovers
