@@ -21,7 +21,7 @@ import psutil
 
 from loadtests.bench_slo import body, drain
 from loadtests.harness import Server, free_port, gateway_config
-from loadtests.openloop import run
+from loadtests.openloop import Point, run
 
 
 def gateway_replica() -> psutil.Process:
@@ -47,18 +47,21 @@ def main() -> int:
             replica = gateway_replica()
             target = f"{url}/v2/models/digits/infer"
 
-            def step(label: str, rate: float) -> None:
-                point = asyncio.run(
+            def offer(rate: float, seconds: float) -> Point:
+                return asyncio.run(
                     run(
                         target,
                         data,
                         headers,
                         pattern="poisson",
                         rate=rate,
-                        seconds=args.seconds,
+                        seconds=seconds,
                         slo_s=args.slo_ms / 1e3,
                     )
                 )
+
+            def step(label: str, rate: float) -> None:
+                point = offer(rate, args.seconds)
                 rss = replica.memory_info().rss / 2**20
                 print(
                     f"{label:14s} {rate:6.0f} req/s: attainment {point.attainment:.3f}, "
@@ -67,17 +70,7 @@ def main() -> int:
                     flush=True,
                 )
 
-            asyncio.run(
-                run(
-                    target,
-                    data,
-                    headers,
-                    pattern="poisson",
-                    rate=50,
-                    seconds=2,
-                    slo_s=args.slo_ms / 1e3,
-                )
-            )  # warm-up
+            offer(50, 2)  # warm-up
             step("before", args.steady)
             step("before", args.steady)
             step("overload", args.overload)
