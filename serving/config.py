@@ -1,4 +1,4 @@
-"""Validated configuration: the gateway's settings (Serve YAML ``args``) and the model repository.
+"""Validated configuration: the gateway's settings (Serve YAML ``args``) and model specs.
 
 Everything is checked when the application is built, so a bad value stops ``serve run`` with a
 message naming the field and the value, never a failure at request time.
@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serving.errors import ConfigError
@@ -176,7 +175,8 @@ class GatewayConfig(_Strict):
         return self
 
 
-def _format(error: ValidationError, source: str) -> str:
+def describe_errors(error: ValidationError, source: str) -> str:
+    """A pydantic error as lines naming each bad field and the value it got."""
     lines = [f"invalid {source}:"]
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
@@ -191,55 +191,4 @@ def parse_gateway_config(args: dict[str, Any]) -> GatewayConfig:
     try:
         return GatewayConfig.model_validate(args)
     except ValidationError as exc:
-        raise ConfigError(_format(exc, "gateway config")) from None
-
-
-def _newest_version(folder: Path) -> str:
-    versions = sorted(
-        (p.name for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=int
-    )
-    if not versions:
-        raise ConfigError(f"model '{folder.name}': no numeric version folder under {folder}")
-    return versions[-1]
-
-
-def load_model_spec(repository: Path, name: str) -> ModelSpec:
-    """Read and check ``<repository>/<name>/config.yaml`` and its newest ``model.onnx``."""
-    folder = repository.resolve() / name
-    config_file = folder / "config.yaml"
-    if not config_file.is_file():
-        known = (
-            sorted(p.name for p in repository.iterdir() if (p / "config.yaml").is_file())
-            if repository.is_dir()
-            else []
-        )
-        raise ConfigError(
-            f"models: unknown model '{name}': {config_file} does not exist "
-            f"(repository {repository} has {known})"
-        )
-    raw = yaml.safe_load(config_file.read_text()) or {}
-    version = _newest_version(folder)
-    raw.update(version=version, path=folder / version / "model.onnx")
-    try:
-        spec = ModelSpec.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_format(exc, str(config_file))) from None
-    if spec.name != name:
-        raise ConfigError(f"{config_file}: name='{spec.name}' differs from its folder '{name}'")
-    if not spec.path.is_file():
-        raise ConfigError(
-            f"model '{name}': missing file {spec.path} (build it: python models/build.py {name})"
-        )
-    return spec
-
-
-def load_repository(config: GatewayConfig) -> dict[str, ModelSpec]:
-    """Every configured model's spec, cross-checked against the gateway's SLO classes."""
-    specs = {name: load_model_spec(config.model_repository, name) for name in config.models}
-    for spec in specs.values():
-        if spec.default_slo_class and spec.default_slo_class not in config.slo_classes:
-            raise ConfigError(
-                f"model '{spec.name}': default_slo_class='{spec.default_slo_class}' is not one "
-                f"of slo_classes {sorted(config.slo_classes)}"
-            )
-    return specs
+        raise ConfigError(describe_errors(exc, "gateway config")) from None

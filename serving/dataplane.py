@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
@@ -17,6 +18,7 @@ import numpy as np
 
 from serving import __version__
 from serving.batching.latency import LatencyModel
+from serving.batching.merge import rows
 from serving.batching.queue import BatchPlanner, BatchQueue
 from serving.config import GatewayConfig, ModelSpec, TensorSpec
 from serving.errors import InvalidRequest, ModelNotFound, ModelNotReady, ServingError
@@ -30,10 +32,11 @@ from serving.protocol.types import (
 )
 from serving.slo import SLOPolicy
 from serving.telemetry import metrics
+from serving.telemetry.stats import ModelStats
 
 logger = logging.getLogger(__name__)
 Tensors = dict[str, np.ndarray]
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "statistics"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,10 @@ class Workers(Protocol):
         """Whether a worker of ``model`` can take requests now."""
         ...
 
+    def reason(self, model: str) -> str:
+        """Why ``model`` was last found not ready ("" if it was ready or is unknown yet)."""
+        ...
+
 
 def _metadata(tensors: list[TensorSpec]) -> list[MetadataTensor]:
     return [MetadataTensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in tensors]
@@ -82,6 +89,7 @@ class DataPlane:
         self.specs = specs
         self.workers = workers
         self.slo = SLOPolicy(config)
+        self.stats = {name: ModelStats(name, spec.version) for name, spec in specs.items()}
         self.queues = {name: self._queue(name, spec) for name, spec in specs.items()}
         self._warming: dict[str, asyncio.Task[None]] = {}
 
@@ -94,7 +102,13 @@ class DataPlane:
             slots_per_replica=placement.slots_per_replica,
             max_queued=self.config.max_queued_per_model,
         )
-        return BatchQueue(name, placement.pool, partial(self.workers.infer, name), planner)
+        return BatchQueue(
+            name,
+            placement.pool,
+            partial(self.workers.infer, name),
+            planner,
+            stats=self.stats[name],
+        )
 
     def _warm_start(self, name: str) -> None:
         # Once per model: fetch the worker's start-up profile into the latency model.
@@ -114,12 +128,13 @@ class DataPlane:
     def live(self) -> bool:
         return True
 
-    async def ready(self) -> bool:
-        """Ready when every configured model is ready."""
+    async def ready(self) -> tuple[bool, dict[str, str]]:
+        """Ready when every configured model is; else why each model that is not is not."""
+        reasons = {}
         for name in self.specs:
             if not await self.workers.ready(name):
-                return False
-        return True
+                reasons[name] = self.workers.reason(name) or "not ready"
+        return not reasons, reasons
 
     def server_metadata(self) -> MetadataServerResponse:
         return MetadataServerResponse(name="serving", version=__version__, extensions=EXTENSIONS)
@@ -132,7 +147,11 @@ class DataPlane:
         """The model's spec; :class:`ModelNotFound` for an unknown name or version."""
         spec = self.specs.get(name)
         if spec is None:
-            raise ModelNotFound(f"unknown model '{name}' (serving: {', '.join(self.specs)})")
+            # Triton's wording, which its clients and examples look for.
+            raise ModelNotFound(
+                f"Request for unknown model: '{name}' is not found "
+                f"(serving: {', '.join(self.specs)})"
+            )
         if version not in (None, "", spec.version):
             raise ModelNotFound(
                 f"model '{name}' has no version '{version}' (available: {spec.version})"
@@ -149,9 +168,17 @@ class DataPlane:
             outputs=_metadata(spec.outputs),
         )
 
-    async def model_ready(self, name: str, version: str | None = None) -> bool:
+    async def model_ready(self, name: str, version: str | None = None) -> tuple[bool, str]:
+        """Whether the model can take requests, and if not, why."""
         self.spec(name, version)
-        return await self.workers.ready(name)
+        if await self.workers.ready(name):
+            return True, ""
+        return False, self.workers.reason(name) or "not ready"
+
+    def statistics(self, name: str = "", version: str | None = None) -> dict[str, object]:
+        """Triton's statistics response for one model, or every model if ``name`` is empty."""
+        names = [self.spec(name, version).name] if name else list(self.specs)
+        return {"model_stats": [self.stats[n].as_dict() for n in names]}
 
     async def infer(self, request: InferRequest) -> InferResult:
         """Validate ``request`` against its model, run it, and return the requested outputs."""
@@ -166,26 +193,32 @@ class DataPlane:
             transport_deadline=request.deadline,
         )
         self._warm_start(spec.name)
-        met = False
+        ok = met = False
         try:
             if not await self.workers.ready(spec.name):
                 where = self.workers.placement(spec.name)
+                reason = self.workers.reason(spec.name)
                 raise ModelNotReady(
-                    f"model '{spec.name}' is not ready on pool '{where.pool}' ({where.backend})",
+                    f"model '{spec.name}' is not ready on pool '{where.pool}' ({where.backend})"
+                    + (f": {reason}" if reason else ""),
                     retry_after_s=1.0,
                 )
             result = await self.queues[spec.name].submit(request.inputs, ticket)
             if isinstance(result, ServingError):
                 raise result
+            ok = True
             met = time.monotonic() <= ticket.deadline
             return InferResult(
                 model=spec.name,
                 version=spec.version,
-                id=request.id,
+                # KServe's clients require an id: generate one when the request has none.
+                id=request.id or uuid.uuid4().hex,
                 outputs={name: result[name] for name in wanted},
             )
         finally:
             metrics.SLO.labels(spec.name, ticket.slo_class, "met" if met else "missed").inc()
+            inferences = rows(request.inputs) if spec.max_batch_size > 0 else 1
+            self.stats[spec.name].request(ok, time.monotonic() - ticket.arrival, inferences)
 
 
 def validate_inputs(spec: ModelSpec, inputs: Tensors) -> None:

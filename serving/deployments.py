@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -22,13 +23,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serving.config import (
-    GatewayConfig,
-    ModelSpec,
-    PoolConfig,
-    load_repository,
-    parse_gateway_config,
-)
+from serving.config import GatewayConfig, ModelSpec, PoolConfig, parse_gateway_config
 from serving.dataplane import DataPlane, Placement, Tensors
 from serving.errors import (
     BackendError,
@@ -38,8 +33,9 @@ from serving.errors import (
     ServingError,
     grpc_status_name,
 )
-from serving.protocol.grpc import Call, Encoded, GrpcAdapter
+from serving.protocol.grpc import UNARY_METHODS, Call, Encoded, GrpcAdapter
 from serving.protocol.rest import RestAdapter
+from serving.repository import load_repository
 from serving.runtimes.base import Runtime
 from serving.runtimes.onnx import OnnxRuntime
 from serving.runtimes.triton import TritonRuntime
@@ -102,7 +98,7 @@ class ModelWorker:
 
     def __init__(self, spec: ModelSpec, pool_name: str, pool: PoolConfig) -> None:
         self.worker = Worker(make_runtime(spec, pool))
-        self.worker.start()
+        self.worker.start()  # a model that fails to load leaves the worker up, not ready
         try:
             self._profile = self.worker.profile()
         except ServingError as error:  # a remote backend that is down: start, not ready
@@ -117,8 +113,8 @@ class ModelWorker:
         # Off the event loop: a heavy batch must not stall health checks and metrics.
         return await asyncio.to_thread(self.worker.infer_batch, batch)
 
-    async def ready(self) -> bool:
-        return await asyncio.to_thread(self.worker.runtime.ready)
+    async def status(self) -> tuple[bool, str]:
+        return await asyncio.to_thread(self.worker.status)
 
 
 class RayWorkers:
@@ -145,6 +141,7 @@ class RayWorkers:
         self.config = config
         self.timeout_s = config.worker_timeout_s
         self._ready: dict[str, tuple[float, bool]] = {}  # model -> (when, ready)
+        self._reasons: dict[str, str] = {}  # model -> why it was last found not ready
         self._refreshing: dict[str, asyncio.Task[bool]] = {}
 
     def _pick(self, model: str) -> tuple[str, DeploymentHandle]:
@@ -182,8 +179,12 @@ class RayWorkers:
                 f"model '{model}' on pool '{pool}' did not answer within {self.timeout_s}s"
             ) from None
         except ray.exceptions.RayTaskError as exc:
+            # The worker's own errors come back as results; this is a bug in it. Log the
+            # details and never hand Ray's traceback to a client.
+            logger.error("worker call for model %s on pool %s raised: %s", model, pool, exc)
             raise BackendError(
-                f"worker for model '{model}' on pool '{pool}' failed: {exc}"
+                f"the worker for model '{model}' on pool '{pool}' failed unexpectedly "
+                "(details in the gateway's log)"
             ) from None
         except BackPressureError:
             raise Overloaded(
@@ -191,17 +192,28 @@ class RayWorkers:
                 retry_after_s=1.0,
             ) from None
         except _UNAVAILABLE as exc:
-            detail: object = exc
             if isinstance(exc, grpc.aio.AioRpcError):
                 if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     raise _MessageTooLarge from None
-                detail = exc.details()  # str(exc) is a multi-line debug dump
+            logger.warning("no worker for model %s on pool %s: %r", model, pool, exc)
             raise ModelNotReady(
-                f"no worker for model '{model}' on pool '{pool}' is available: {detail}"
+                f"no worker for model '{model}' on pool '{pool}' is available right now",
+                retry_after_s=1.0,
             ) from None
-        if any(isinstance(r, ModelNotReady) for r in results):
-            self._ready[model] = (time.monotonic(), False)  # stop sending until it recovers
+        for result in results:
+            if isinstance(result, ModelNotReady):  # stop sending until it recovers
+                self._mark(model, False, result.message)
+                break
         return results, seconds
+
+    def _mark(self, model: str, ready: bool, reason: str) -> None:
+        was = self._ready.get(model, (0.0, True))[1]
+        if was and not ready:
+            logger.warning("model %s is not ready: %s", model, reason)
+        elif ready and not was:
+            logger.info("model %s is ready again", model)
+        self._ready[model] = (time.monotonic(), ready)
+        self._reasons[model] = reason
 
     async def ready(self, model: str) -> bool:
         # On the request path: answer from the cache, refresh a stale answer in the
@@ -214,24 +226,29 @@ class RayWorkers:
             self._refreshing[model] = loop.create_task(self._refresh(model))
         return cached[1]
 
+    def reason(self, model: str) -> str:
+        return self._reasons.get(model, "")
+
     async def _refresh(self, model: str) -> bool:
-        _, handle = self._pick(model)
+        pool, handle = self._pick(model)
         try:
-            ready = bool(await asyncio.wait_for(handle.ready.remote(), READY_TIMEOUT_S))
-        except (TimeoutError, *_UNAVAILABLE):
-            ready = False
+            ready, reason = await asyncio.wait_for(handle.status.remote(), READY_TIMEOUT_S)
+        except TimeoutError:
+            ready, reason = False, f"no worker on pool '{pool}' answered within {READY_TIMEOUT_S}s"
+        except _UNAVAILABLE:
+            ready, reason = False, f"no worker on pool '{pool}' is running"
         finally:
             self._refreshing.pop(model, None)
-        self._ready[model] = (time.monotonic(), ready)
+        self._mark(model, ready, reason)
         return ready
 
 
-@serve.deployment
 class Gateway:
     """Ingress: the OIP HTTP and gRPC adapters over one data plane.
 
-    Ray Serve's gRPC ingress calls the method named like the RPC; each delegates to
-    :class:`GrpcAdapter` and turns a :class:`ServingError` into the call's status.
+    Ray Serve's gRPC ingress calls the method named like the RPC (added below the class);
+    each delegates to :class:`GrpcAdapter` and turns a :class:`ServingError` into the
+    call's status.
     """
 
     def __init__(
@@ -257,26 +274,29 @@ class Gateway:
                 context.set_trailing_metadata([*context.trailing_metadata(), retry])
         return response
 
-    async def ServerLive(self, request: Encoded, grpc_context: RayServegRPCContext) -> Message:
-        return await self._grpc("ServerLive", request, grpc_context)
+    async def ModelStreamInfer(
+        self, requests: Any, grpc_context: RayServegRPCContext
+    ) -> AsyncIterator[Message]:
+        """Streaming inference is not served. Serve drives a streaming RPC as a generator."""
+        grpc_context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        grpc_context.set_details("ModelStreamInfer is not supported by this server")
+        return
+        yield  # pragma: no cover (makes this an async generator)
 
-    async def ServerReady(self, request: Encoded, grpc_context: RayServegRPCContext) -> Message:
-        return await self._grpc("ServerReady", request, grpc_context)
 
-    async def ServerMetadata(self, request: Encoded, grpc_context: RayServegRPCContext) -> Message:
-        return await self._grpc("ServerMetadata", request, grpc_context)
+def _unary_rpc(method: str) -> Callable[..., Awaitable[Message]]:
+    async def rpc(self: Gateway, request: Encoded, grpc_context: RayServegRPCContext) -> Message:
+        return await self._grpc(method, request, grpc_context)
 
-    async def ModelReady(self, request: Encoded, grpc_context: RayServegRPCContext) -> Message:
-        return await self._grpc("ModelReady", request, grpc_context)
+    rpc.__name__, rpc.__qualname__ = method, f"Gateway.{method}"
+    return rpc
 
-    async def ModelMetadata(self, request: Encoded, grpc_context: RayServegRPCContext) -> Message:
-        return await self._grpc("ModelMetadata", request, grpc_context)
 
-    async def ModelConfig(self, request: Encoded, grpc_context: RayServegRPCContext) -> Message:
-        return await self._grpc("ModelConfig", request, grpc_context)
-
-    async def ModelInfer(self, request: Encoded, grpc_context: RayServegRPCContext) -> Message:
-        return await self._grpc("ModelInfer", request, grpc_context)
+# Serve's gRPC ingress calls the method named like the RPC: one per unary RPC of the
+# service, each delegating to the adapter (which answers unserved ones UNIMPLEMENTED).
+for _method in UNARY_METHODS:
+    setattr(Gateway, _method, _unary_rpc(_method))
+Gateway = serve.deployment(Gateway)
 
 
 def _worker_options(

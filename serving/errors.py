@@ -69,6 +69,12 @@ class BackendError(ServingError):
     status = HTTPStatus.INTERNAL_SERVER_ERROR
 
 
+class Unimplemented(ServingError):
+    """A protocol operation this gateway does not serve (e.g. shared-memory RPCs)."""
+
+    status = HTTPStatus.NOT_IMPLEMENTED
+
+
 class ConfigError(ValueError):
     """Invalid gateway or model configuration; raised at start, never per request."""
 
@@ -82,6 +88,7 @@ GRPC_STATUS: dict[HTTPStatus, str] = {
     HTTPStatus.SERVICE_UNAVAILABLE: "UNAVAILABLE",
     HTTPStatus.GATEWAY_TIMEOUT: "DEADLINE_EXCEEDED",
     HTTPStatus.INTERNAL_SERVER_ERROR: "INTERNAL",
+    HTTPStatus.NOT_IMPLEMENTED: "UNIMPLEMENTED",
 }
 
 

@@ -10,6 +10,7 @@ jump the queue by asking.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,8 +38,16 @@ def _number(parameters: dict[str, Any], key: str) -> float | None:
     value = parameters.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise InvalidRequest(f"parameters.{key} must be a non-negative number, got {value!r}")
+    # JSON's 1e400 parses as infinity: finite only, or int(priority) would overflow.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise InvalidRequest(
+            f"parameters.{key} must be a finite non-negative number, got {value!r:.40}"
+        )
     return float(value)
 
 

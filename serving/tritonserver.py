@@ -26,8 +26,9 @@ from pathlib import Path
 import httpx
 
 from serving import processes
-from serving.config import ModelSpec, load_model_spec
+from serving.config import ModelSpec
 from serving.protocol.tensors import TRITON_TYPES
+from serving.repository import load_model_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VENV = ROOT / ".venv-triton"

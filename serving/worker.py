@@ -6,6 +6,7 @@ deployment in :mod:`serving.deployments` only wraps it.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -16,6 +17,7 @@ from serving.errors import BackendError, ModelNotReady, ServingError
 from serving.protocol.tensors import DATATYPES
 from serving.runtimes.base import Runtime, Tensors
 
+logger = logging.getLogger(__name__)
 Result = Tensors | ServingError
 
 
@@ -25,9 +27,23 @@ class Worker:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.max_rows = max(runtime.spec.max_batch_size, 1)
+        self.failure: str | None = None  # why the model could not be loaded
 
     def start(self) -> None:
-        self.runtime.load()
+        """Load the model. A load failure does not raise: the worker stays up, not ready,
+        and says why (:meth:`status`), so the gateway can report it instead of waiting."""
+        try:
+            self.runtime.load()
+        except Exception as exc:
+            self.failure = str(getattr(exc, "message", None) or exc)
+            logger.error("model '%s' could not be loaded: %s", self.runtime.spec.name,
+                         self.failure)
+
+    def status(self) -> tuple[bool, str]:
+        """(ready, reason): the reason says why a worker is not ready ("" when it is)."""
+        if self.failure is not None:
+            return False, f"model '{self.runtime.spec.name}' failed to load: {self.failure}"
+        return self.runtime.status()
 
     def stop(self) -> None:
         self.runtime.unload()
@@ -38,6 +54,8 @@ class Worker:
         Dynamic non-batch dims take ``spec.profile_dims`` (else 1). Stops early once the
         profile has used ``max_seconds``, so heavy models start quickly.
         """
+        if self.failure is not None:
+            return []
         spec = self.runtime.spec
         samples: list[tuple[int, float]] = []
         spent, batch = 0.0, 1
@@ -59,6 +77,9 @@ class Worker:
         Compatible requests share one execution. If a shared execution fails, its requests
         are retried one by one so that only the request at fault gets the error.
         """
+        if self.failure is not None:
+            error = ModelNotReady(self.status()[1], retry_after_s=1.0)
+            return [error] * len(batch), 0.0
         results: list[Result | None] = [None] * len(batch)
         elapsed = 0.0
         for group in group_compatible(batch, self.max_rows):
@@ -109,8 +130,8 @@ def _zeros(tensor: TensorSpec, batch: int, spec: ModelSpec) -> np.ndarray:
     shape = [d if d >= 0 else next(sizes, 1) for d in tensor.shape[batched:]]
     if batched:
         shape = [batch, *shape]
-    if tensor.datatype == "BYTES":
-        return np.full(shape, b"", dtype=object)
+    if tensor.datatype == "BYTES":  # "0" also parses for models that cast strings to numbers
+        return np.full(shape, b"0", dtype=object)
     return np.zeros(shape, dtype=DATATYPES[tensor.datatype])
 
 

@@ -41,7 +41,8 @@ for _key, _value in {
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = ROOT / "models"
-MODELS = ("digits", "minilm", "resnet18")
+MODELS = ("digits", "minilm", "resnet18", "simple", "simple_int8", "simple_string",
+          "simple_identity")
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +51,17 @@ def model_repository() -> Path:
     if missing:
         pytest.fail(f"models {missing} not built: run `python models/build.py` (make test does)")
     return MODEL_REPOSITORY
+
+
+def unloadable_copy(model_repository: Path, name: str, target: Path, ir_version: int = 14) -> Path:
+    """A copy of ``name`` (config.yaml and model file) under ``target`` whose model file says
+    ``ir_version``: 14 is what a recent ``onnx`` package writes, and ONNX Runtime 1.31 reads
+    only up to 13. Returns the new repository's root."""
+    import onnx
+
+    shutil.copytree(model_repository / name, target / name)
+    path = target / name / "1" / "model.onnx"
+    model = onnx.load(str(path))
+    model.ir_version = ir_version
+    onnx.save(model, str(path))
+    return target

@@ -8,7 +8,7 @@ import yaml
 
 from serving.cli import FAST_INGRESS, check_config, launch_env
 
-from .conftest import ROOT
+from .conftest import ROOT, unloadable_copy
 
 
 def test_fast_ingress_by_default_and_a_fresh_local_ray() -> None:
@@ -41,3 +41,17 @@ def test_pre_check_names_the_bad_field(tmp_path: Path, model_repository: Path) -
     path.write_text(yaml.safe_dump(document))
     (problem,) = check_config(path)
     assert "max_request_bytes" in problem and "-5" in problem
+
+
+def test_a_model_onnx_runtime_cannot_load_stops_the_start(tmp_path: Path,
+                                                          model_repository: Path) -> None:
+    # The gateway used to start and answer 503 "not ready" forever, with the reason only in a
+    # replica's log. With a complete config.yaml the pre-check's load is what opens the file.
+    repository = unloadable_copy(model_repository, "digits", tmp_path / "repo")
+    document = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    document["applications"][0]["args"].update(models=["digits"],
+                                               model_repository=str(repository))
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(document))
+    (problem,) = check_config(path)
+    assert "model 'digits'" in problem and "Unsupported model IR version: 14" in problem

@@ -46,7 +46,9 @@ def test_priority_parameter_can_lower_but_not_raise_importance() -> None:
     assert ticket({"priority": 0}).priority == 1  # standard's own priority is 1
 
 
-@pytest.mark.parametrize("value", ["soon", -1, True])
-def test_bad_timeout_is_a_bad_request(value) -> None:
-    with pytest.raises(InvalidRequest, match="parameters.timeout"):
-        ticket({"timeout": value})
+@pytest.mark.parametrize("value", ["soon", -1, True, float("inf"), float("nan")])
+@pytest.mark.parametrize("key", ["timeout", "priority"])
+def test_bad_timeout_or_priority_is_a_bad_request(key: str, value) -> None:
+    # JSON's 1e400 arrives as infinity; int(inf) used to raise OverflowError (a 500).
+    with pytest.raises(InvalidRequest, match=f"parameters.{key} must be a finite"):
+        ticket({key: value})

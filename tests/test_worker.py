@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from serving.config import ModelSpec, TensorSpec
-from serving.errors import BackendError, InvalidRequest, ModelNotReady
+from serving.errors import BackendError, ConfigError, InvalidRequest, ModelNotReady
 from serving.runtimes.base import Runtime, Tensors
 from serving.worker import Worker
 
@@ -97,3 +97,18 @@ def test_a_backend_that_is_down_fails_the_batch_without_retries() -> None:
     results, _ = Worker(runtime).infer_batch([{"x": np.ones((1, 2), np.float32)}] * 3)
     assert [type(r) for r in results] == [ModelNotReady] * 3
     assert runtime.calls == [3]  # one shared execution, no one-by-one retries
+
+
+def test_a_model_that_cannot_load_leaves_the_worker_up_and_saying_why() -> None:
+    class Unloadable(Doubler):
+        def load(self) -> None:
+            raise ConfigError("model 'double': ONNX Runtime cannot load it: IR version 14")
+
+    worker = Worker(Unloadable())
+    worker.start()  # does not raise: the gateway asks the worker why instead
+    ready, reason = worker.status()
+    assert not ready and "failed to load" in reason and "IR version 14" in reason
+    assert worker.profile() == []
+    (result,), _ = worker.infer_batch([{"x": np.ones((1, 2), np.float32)}])
+    assert isinstance(result, ModelNotReady) and "IR version 14" in result.message
+    assert worker.runtime.calls == []

@@ -27,6 +27,7 @@ from serving.batching.merge import Tensors, rows
 from serving.errors import DeadlineExceeded, Overloaded, ServingError
 from serving.slo import Ticket
 from serving.telemetry import metrics
+from serving.telemetry.stats import ModelStats
 
 Result = Tensors | ServingError
 # One worker call: the batch's requests -> (one result each, execution seconds).
@@ -222,12 +223,14 @@ class BatchQueue:
         call: BatchCall,
         planner: BatchPlanner,
         clock: Callable[[], float] = time.monotonic,
+        stats: ModelStats | None = None,
     ) -> None:
         self.model = model
         self.pool = pool
         self.call = call
         self.planner = planner
         self.clock = clock
+        self.stats = stats
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -278,9 +281,10 @@ class BatchQueue:
             if not plan.batch:
                 break
             for entry in plan.batch:
-                metrics.QUEUE_WAIT.labels(self.model, entry.ticket.slo_class).observe(
-                    now - entry.ticket.arrival
-                )
+                waited = now - entry.ticket.arrival
+                metrics.QUEUE_WAIT.labels(self.model, entry.ticket.slo_class).observe(waited)
+                if self.stats is not None:
+                    self.stats.queued(waited)
             task = asyncio.create_task(self._run(plan.batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -306,8 +310,11 @@ class BatchQueue:
                 if isinstance(error, asyncio.CancelledError):
                     raise
                 return
-            self.planner.complete(total, exec_s, self.clock() - start)
+            call_s = self.clock() - start
+            self.planner.complete(total, exec_s, call_s)
             metrics.observe_batch(self.model, self.pool, total, exec_s, self.planner.latency)
+            if self.stats is not None:
+                self.stats.batch(total, len(batch), exec_s, call_s)
             for entry, result in zip(batch, results, strict=True):
                 if entry.future is not None and not entry.future.done():
                     entry.future.set_result(result)

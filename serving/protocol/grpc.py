@@ -3,8 +3,9 @@
 The service is ``inference.GRPCInferenceService`` with the message classes ``tritonclient``
 ships (``tritonclient.grpc.service_pb2``), so server and clients share one generated proto.
 Tensors come either typed (``contents.fp32_contents`` ...) or raw (``raw_input_contents``,
-the binary layout of :mod:`serving.protocol.tensors`); a response mirrors the request's
-choice (``tritonclient`` sends raw and reads only raw numeric outputs). Transport details
+the binary layout of :mod:`serving.protocol.tensors`); responses always carry outputs raw, as
+Triton does (``tritonclient`` reads only ``raw_output_contents``). Every RPC of the service
+is answered: those the gateway does not serve get UNIMPLEMENTED. Transport details
 (metadata, deadline) arrive as a :class:`Call`; errors come back as a :class:`ServingError`
 for the Ray layer to turn into a gRPC status through :mod:`serving.errors`.
 """
@@ -18,13 +19,20 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from tritonclient.grpc import model_config_pb2 as config_pb
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from serving.dataplane import DataPlane
-from serving.errors import BackendError, InvalidRequest, PayloadTooLarge, ServingError
+from serving.errors import (
+    BackendError,
+    InvalidRequest,
+    PayloadTooLarge,
+    ServingError,
+    Unimplemented,
+)
 from serving.protocol import tensors
 from serving.protocol.types import InferRequest, InferResult, MetadataTensor
 from serving.slo import HEADER as SLO_HEADER
@@ -34,6 +42,10 @@ logger = logging.getLogger(__name__)
 
 # What Ray Serve's grpc_options.grpc_servicer_functions names to register the service.
 SERVICER_FUNCTION = "serving.protocol.grpc.add_servicer_to_server"
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+# Every unary RPC of the service; ModelStreamInfer (bidirectional) is the one streaming RPC.
+UNARY_METHODS = [m.name for m in SERVICE.methods if not m.client_streaming]
+STREAMING_METHODS = [m.name for m in SERVICE.methods if m.client_streaming]
 # OIP datatype -> the typed InferTensorContents field that carries it (FP16 has none).
 CONTENTS: dict[str, str] = {
     "BOOL": "bool_contents",
@@ -134,27 +146,33 @@ def _decode_tensor(item: pb.ModelInferRequest.InferInputTensor, shape: list[int]
     return tensors.decode_json(item.name, item.datatype, shape, data)
 
 
-def decode_infer_request(message: pb.ModelInferRequest) -> tuple[InferRequest, bool]:
-    """Decode a ``ModelInferRequest``; also say whether it carried raw tensors."""
+def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
+    """Decode a ``ModelInferRequest`` with typed or raw tensors."""
     raw = message.raw_input_contents
-    if raw and len(raw) != len(message.inputs):
-        raise InvalidRequest(
-            f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs"
-        )
     if not message.inputs:
         raise InvalidRequest("malformed inference request: inputs: no input tensors")
+    if raw:
+        for item in message.inputs:
+            if item.HasField("contents"):  # Triton's wording
+                raise InvalidRequest(
+                    f"contents field must not be specified when using raw_input_contents "
+                    f"for '{item.name}' for model '{message.model_name}'"
+                )
+        if len(raw) != len(message.inputs):
+            raise InvalidRequest(
+                f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs"
+            )
     inputs: dict[str, np.ndarray] = {}
     for index, item in enumerate(message.inputs):
         if item.name in inputs:
             raise InvalidRequest(f"input '{item.name}' appears twice")
         shape = list(item.shape)
-        if any(d < 0 for d in shape):
-            raise InvalidRequest(f"tensor '{item.name}': shape {shape} has a negative dimension")
+        tensors.check_shape(item.name, shape)
         if raw:
             inputs[item.name] = tensors.decode_binary(item.name, item.datatype, shape, raw[index])
         else:
             inputs[item.name] = _decode_tensor(item, shape)
-    request = InferRequest(
+    return InferRequest(
         model=message.model_name,
         version=message.model_version or None,
         inputs=inputs,
@@ -162,27 +180,16 @@ def decode_infer_request(message: pb.ModelInferRequest) -> tuple[InferRequest, b
         outputs=[o.name for o in message.outputs] or None,
         parameters=parameters_dict(message.parameters),
     )
-    return request, bool(raw)
 
 
-def encode_infer_response(result: InferResult, raw: bool) -> pb.ModelInferResponse:
-    """A ``ModelInferResponse``: raw outputs if ``raw`` (or a datatype has no typed field)."""
-    datatypes = {name: tensors.oip_datatype(a) for name, a in result.outputs.items()}
-    raw = raw or any(d not in CONTENTS for d in datatypes.values())
+def encode_infer_response(result: InferResult) -> pb.ModelInferResponse:
+    """A ``ModelInferResponse`` with every output in ``raw_output_contents``, as Triton sends."""
     response = pb.ModelInferResponse(
         model_name=result.model, model_version=result.version, id=result.id or ""
     )
     for name, array in result.outputs.items():
-        output = response.outputs.add(name=name, datatype=datatypes[name], shape=array.shape)
-        if raw:
-            response.raw_output_contents.append(tensors.encode_binary(array))
-        else:
-            values = array.ravel()
-            if datatypes[name] == "BYTES":
-                values = [v if isinstance(v, bytes) else str(v).encode() for v in values]
-            getattr(output.contents, CONTENTS[datatypes[name]]).extend(
-                values if isinstance(values, list) else values.tolist()
-            )
+        response.outputs.add(name=name, datatype=tensors.oip_datatype(array), shape=array.shape)
+        response.raw_output_contents.append(tensors.encode_binary(array))
     return response
 
 
@@ -202,20 +209,26 @@ class GrpcAdapter:
     def __init__(self, dataplane: DataPlane, *, max_request_bytes: int) -> None:
         self.dataplane = dataplane
         self.max_request_bytes = max_request_bytes
-        # RPC name -> (handler, request class, empty response sent alongside an error).
-        self.methods: dict[str, tuple[Handler, type[Message], type[Message]]] = {
-            "ServerLive": (self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
-            "ServerReady": (self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
-            "ServerMetadata": (
-                self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse
-            ),
-            "ModelReady": (self.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
-            "ModelMetadata": (
-                self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse
-            ),
-            "ModelConfig": (self.model_config, pb.ModelConfigRequest, pb.ModelConfigResponse),
-            "ModelInfer": (self.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
+        served: dict[str, Handler] = {
+            "ServerLive": self.server_live,
+            "ServerReady": self.server_ready,
+            "ServerMetadata": self.server_metadata,
+            "ModelReady": self.model_ready,
+            "ModelMetadata": self.model_metadata,
+            "ModelConfig": self.model_config,
+            "ModelInfer": self.model_infer,
+            "ModelStatistics": self.model_statistics,
         }
+        # RPC name -> (handler, request class, response class); unserved RPCs are answered
+        # UNIMPLEMENTED (an empty response goes alongside any error).
+        self.methods: dict[str, tuple[Handler, type[Message], type[Message]]] = {}
+        for method in SERVICE.methods:
+            if method.name in UNARY_METHODS:
+                self.methods[method.name] = (
+                    served.get(method.name, self.unimplemented),
+                    getattr(pb, method.input_type.name),
+                    getattr(pb, method.output_type.name),
+                )
 
     async def handle(
         self, method: str, request: Message | Encoded, call: Call
@@ -235,11 +248,16 @@ class GrpcAdapter:
             logger.exception("unexpected error in gRPC %s", method)
             return empty(), BackendError(f"internal error handling {method}")
 
+    async def unimplemented(self, request: Message, call: Call) -> Message:
+        name = request.DESCRIPTOR.name.removesuffix("Request")
+        raise Unimplemented(f"{name} is not supported by this server")
+
     async def server_live(self, request: pb.ServerLiveRequest, call: Call) -> Message:
         return pb.ServerLiveResponse(live=self.dataplane.live())
 
     async def server_ready(self, request: pb.ServerReadyRequest, call: Call) -> Message:
-        return pb.ServerReadyResponse(ready=await self.dataplane.ready())
+        ready, _ = await self.dataplane.ready()
+        return pb.ServerReadyResponse(ready=ready)
 
     async def server_metadata(self, request: pb.ServerMetadataRequest, call: Call) -> Message:
         meta = self.dataplane.server_metadata()
@@ -248,8 +266,12 @@ class GrpcAdapter:
         )
 
     async def model_ready(self, request: pb.ModelReadyRequest, call: Call) -> Message:
-        ready = await self.dataplane.model_ready(request.name, request.version or None)
+        ready, _ = await self.dataplane.model_ready(request.name, request.version or None)
         return pb.ModelReadyResponse(ready=ready)
+
+    async def model_statistics(self, request: pb.ModelStatisticsRequest, call: Call) -> Message:
+        stats = self.dataplane.statistics(request.name, request.version or None)
+        return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 
     async def model_metadata(self, request: pb.ModelMetadataRequest, call: Call) -> Message:
         meta = self.dataplane.model_metadata(request.name, request.version or None)
@@ -298,8 +320,8 @@ class GrpcAdapter:
                 raise PayloadTooLarge(
                     f"request of {size} bytes exceeds the {self.max_request_bytes}-byte limit"
                 )
-            infer_request, raw = decode_infer_request(request)
+            infer_request = decode_infer_request(request)
             infer_request.slo_class = call.metadata.get(SLO_HEADER)
             infer_request.deadline = call.deadline
             result = await self.dataplane.infer(infer_request)
-            return encode_infer_response(result, raw)
+            return encode_infer_response(result)

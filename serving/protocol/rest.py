@@ -32,6 +32,8 @@ HEADER_LENGTH = "inference-header-content-length"
 JSON = "application/json"
 Handler = Callable[..., Awaitable[Response]]
 _MODEL = r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
+# ASCII digits only: str.isdigit() also accepts digits such as "²", which int() refuses.
+_LENGTH = re.compile(r"[0-9]{1,18}")
 _DECOMPRESSORS: dict[str, int] = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
@@ -59,8 +61,10 @@ class RestAdapter:
             ("GET", re.compile(r"/v2/?"), self.server_metadata),
             ("GET", re.compile(r"/v2/health/live"), self.live),
             ("GET", re.compile(r"/v2/health/ready"), self.ready),
+            ("GET", re.compile(r"/v2/models/stats"), self.statistics),
             ("GET", re.compile(_MODEL + r"/?"), self.model_metadata),
             ("GET", re.compile(_MODEL + r"/ready"), self.model_ready),
+            ("GET", re.compile(_MODEL + r"/stats"), self.statistics),
             ("POST", re.compile(_MODEL + r"/infer"), self.infer),
             ("GET", re.compile(r"/metrics"), self.metrics),
         ]
@@ -99,15 +103,24 @@ class RestAdapter:
         return json_response({"live": self.dataplane.live()})
 
     async def ready(self, request: Request) -> Response:
-        ready = await self.dataplane.ready()
-        return json_response({"ready": ready}, 200 if ready else 503)
+        ready, reasons = await self.dataplane.ready()
+        if ready:
+            return json_response({"ready": True})
+        return json_response({"ready": False, "models": reasons}, 503)
 
     async def model_metadata(self, request: Request, model: str, version: str | None) -> Response:
         return json_response(self.dataplane.model_metadata(model, version).model_dump())
 
     async def model_ready(self, request: Request, model: str, version: str | None) -> Response:
-        ready = await self.dataplane.model_ready(model, version)
-        return json_response({"name": model, "ready": ready}, 200 if ready else 503)
+        ready, reason = await self.dataplane.model_ready(model, version)
+        if ready:
+            return json_response({"name": model, "ready": True})
+        return json_response({"name": model, "ready": False, "reason": reason}, 503)
+
+    async def statistics(
+        self, request: Request, model: str = "", version: str | None = None
+    ) -> Response:
+        return json_response(self.dataplane.statistics(model, version))
 
     async def metrics(self, request: Request) -> Response:
         body, content_type = metrics.exposition()
@@ -126,7 +139,7 @@ class RestAdapter:
     async def _read_body(self, request: Request) -> bytes:
         limit = self.max_request_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if declared is not None and _LENGTH.fullmatch(declared) and int(declared) > limit:
             raise PayloadTooLarge(
                 f"request body of {declared} bytes exceeds the {limit}-byte limit"
             )
@@ -155,7 +168,7 @@ class RestAdapter:
 def _header_length(value: str | None, body_length: int) -> int:
     if value is None:
         return body_length
-    if not value.strip().isdigit() or int(value) > body_length:
+    if not _LENGTH.fullmatch(value.strip()) or int(value) > body_length:
         raise InvalidRequest(
             f"Inference-Header-Content-Length '{value}' is not a length within the "
             f"{body_length}-byte body"

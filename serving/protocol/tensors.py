@@ -38,6 +38,11 @@ _BY_NUMPY: dict[tuple[str, int], str] = {
     (dt.kind, dt.itemsize): name for name, dt in DATATYPES.items() if name != "BYTES"
 }
 _LENGTH = struct.Struct("<I")
+# Bounds on a declared shape, checked before numpy sees it: numpy cannot even describe a
+# shape whose size overflows (a zero-element [0, 2**62] raises "array is too big"), and no
+# request within a sane body limit carries more elements than this.
+MAX_DIMS = 32
+MAX_ELEMENTS = 2**32
 # OIP datatype -> Triton model-config data_type (config.pbtxt, ModelConfig RPC).
 TRITON_TYPES = {
     "BOOL": "TYPE_BOOL",
@@ -82,6 +87,21 @@ def element_count(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
+def check_shape(name: str, shape: Sequence[int]) -> None:
+    """Raise :class:`InvalidRequest` for a shape no tensor can have (negative, too many dims,
+    or more than :data:`MAX_ELEMENTS` elements, zero dims aside)."""
+    if len(shape) > MAX_DIMS:
+        raise InvalidRequest(
+            f"tensor '{name}': shape has {len(shape)} dimensions (at most {MAX_DIMS})"
+        )
+    if any(d < 0 for d in shape):
+        raise InvalidRequest(f"tensor '{name}': shape {list(shape)} has a negative dimension")
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise InvalidRequest(
+            f"tensor '{name}': shape {list(shape)} is too large (over {MAX_ELEMENTS} elements)"
+        )
+
+
 def _to_bytes(value: Any, tensor: str) -> bytes:
     if isinstance(value, bytes):
         return value
@@ -110,6 +130,7 @@ def _flatten(data: list[Any]) -> list[Any]:
 def decode_json(name: str, datatype: str, shape: Sequence[int], data: list[Any]) -> np.ndarray:
     """Decode a JSON tensor's ``data`` (flat or nested) into an array of ``shape``."""
     dtype = numpy_dtype(datatype, tensor=name)
+    check_shape(name, shape)
     flat = _flatten(data)
     expected = element_count(shape)
     if len(flat) != expected:
@@ -146,6 +167,7 @@ def decode_binary(
 ) -> np.ndarray:
     """Decode one tensor of the binary extension (raw bytes, length-prefixed BYTES)."""
     dtype = numpy_dtype(datatype, tensor=name)
+    check_shape(name, shape)
     expected = element_count(shape)
     if datatype == "BYTES":
         return _decode_bytes_elements(name, shape, expected, memoryview(buffer))

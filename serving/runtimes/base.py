@@ -36,7 +36,11 @@ class Runtime(ABC):
 
     def ready(self) -> bool:
         """Whether ``infer`` can run now (a remote backend may be down); cheap to call."""
-        return True
+        return self.status()[0]
+
+    def status(self) -> tuple[bool, str]:
+        """(ready, reason): why ``infer`` cannot run now ("" when it can)."""
+        return True, ""
 
     def check_metadata(self) -> None:
         """Compare the backend's view of the model with ``config.yaml``; raise on mismatch."""

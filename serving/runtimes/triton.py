@@ -120,10 +120,11 @@ class TritonRuntime(Runtime):
 
         return specs(meta.inputs), specs(meta.outputs)
 
-    def ready(self) -> bool:
-        """Whether the server answers that the model is ready (checked against config once)."""
+    def status(self) -> tuple[bool, str]:
+        """Whether the server answers that the model is ready (checked against config once),
+        and if not, why."""
         if self._client is None:
-            return False
+            return False, f"model '{self.spec.name}': runtime for {self.backend} not loaded"
         try:
             ready = self._run(
                 self._client.is_model_ready(
@@ -134,13 +135,15 @@ class TritonRuntime(Runtime):
             if ready and not self._checked:
                 self.check_metadata()
                 self._checked = True
-            return bool(ready)
-        except ConfigError:
-            logger.exception("model '%s' on %s disagrees with config.yaml", self.spec.name,
-                             self.backend)
-            return False
-        except ServingError:
-            return False
+        except ConfigError as error:
+            logger.error("model '%s' on %s disagrees with config.yaml: %s", self.spec.name,
+                         self.backend, error)
+            return False, str(error)
+        except ServingError as error:
+            return False, error.message
+        if not ready:
+            return False, f"{self.backend} reports model '{self.spec.name}' not ready"
+        return True, ""
 
     def infer(self, inputs: Tensors) -> Tensors:
         client = self._require_client()

@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from ..conftest import free_port
+from ..conftest import MODELS, free_port
 
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 SLO_CLASSES = {
@@ -55,7 +55,8 @@ def ray_cluster() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def gateway(ray_cluster: None, model_repository: Path) -> Iterator[dict[str, str]]:
-    """``{"http": host:port, "grpc": host:port}`` of a gateway serving the three models."""
+    """``{"http": host:port, "grpc": host:port}`` of a gateway serving the three built-in
+    models and Triton's example models."""
     from ray import serve
 
     from serving.deployments import build_app
@@ -68,10 +69,10 @@ def gateway(ray_cluster: None, model_repository: Path) -> Iterator[dict[str, str
     )
     app = build_app({
         "model_repository": str(model_repository),
-        "models": ["digits", "minilm", "resnet18"],
+        "models": list(MODELS),
         "max_request_bytes": MAX_REQUEST_BYTES,
         "slo_classes": SLO_CLASSES,
-        "pools": {"onprem-cpu": {"num_cpus_per_replica": 0.5}},
+        "pools": {"onprem-cpu": {"num_cpus_per_replica": 0.25}},  # 7 workers, 2 CPUs
     })
     serve.run(app, name="gateway", route_prefix="/", blocking=False)
     url = f"127.0.0.1:{port}"

@@ -49,7 +49,7 @@ def binary_request(x: np.ndarray, cut: int = 0) -> tuple[bytes, dict[str, str]]:
                                        content=b"0" * (MAX_REQUEST_BYTES + 1)),
          413, f"exceeds the {MAX_REQUEST_BYTES}-byte limit"),
         ("unknown-model", lambda h: h.post("/v2/models/gpt9/infer", json=GOOD), 404,
-         "unknown model 'gpt9'"),
+         "unknown model: 'gpt9'"),
         ("unknown-model-metadata", lambda h: h.get("/v2/models/gpt9"), 404, "unknown model"),
     ],
 )

@@ -96,7 +96,7 @@ def test_health_metadata_and_config(client, model_repository: Path) -> None:
     with pytest.raises(InferenceServerException) as info:
         client.is_model_ready("nope")
     assert info.value.status() == "StatusCode.NOT_FOUND"
-    assert "unknown model 'nope'" in info.value.message()
+    assert "unknown model: 'nope'" in info.value.message()
 
 
 def test_aio_client(grpc_url: str, reference) -> None:
@@ -122,7 +122,7 @@ def test_aio_client(grpc_url: str, reference) -> None:
      "must have shape [-1, 64], got [2, 63]"),
     ({"input": np.zeros((1, 64), np.int64)}, "digits", "INVALID_ARGUMENT",
      "must be FP32, got INT64"),
-    ({"input": np.zeros((1, 64), np.float32)}, "nope", "NOT_FOUND", "unknown model 'nope'"),
+    ({"input": np.zeros((1, 64), np.float32)}, "nope", "NOT_FOUND", "unknown model: 'nope'"),
     ({"input": np.zeros((1, 64), np.float32)}, "digits", "INVALID_ARGUMENT",
      "unknown SLO class 'gold'"),
 ], ids=["shape", "datatype", "unknown-model", "unknown-slo-class"])

@@ -19,19 +19,20 @@ import yaml
 
 from serving import processes
 
-from ..conftest import ROOT, free_port
+from ..conftest import ROOT, free_port, unloadable_copy
 from .conftest import wait_ready
 
 pytestmark = pytest.mark.integration
 SERVING = [sys.executable, "-m", "serving.cli", "run"]
 
 
-def write_config(tmp_path: Path, port: int, models: list[str], grpc_port: int = 0) -> Path:
+def write_config(tmp_path: Path, port: int, models: list[str], grpc_port: int = 0,
+                 repository: Path = ROOT / "models") -> Path:
     document = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
     document["http_options"]["port"] = port
     document["grpc_options"]["port"] = grpc_port or free_port()
     args = document["applications"][0]["args"]
-    args.update(models=models, model_repository=str(ROOT / "models"))
+    args.update(models=models, model_repository=str(repository))
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(document))
     return path
@@ -79,13 +80,28 @@ def test_default_proxy_serves_predictions(model_repository: Path, tmp_path: Path
     assert code is not None
 
 
-def test_bad_config_stops_the_start_with_the_field_named(tmp_path: Path, ray_tmp: str) -> None:
-    config = write_config(tmp_path, free_port(), ["digits", "no-such-model"])
-    process = launch(config, tmp_path, ray_tmp, "--default-proxy")
+def failed_start(config: Path, tmp_path: Path, ray_tmp: str, *extra: str) -> tuple[int, str]:
+    """Launch a config that must not start: its exit code and what it printed."""
+    process = launch(config, tmp_path, ray_tmp, *extra)
     try:
         code = process.wait(timeout=60)
     finally:
         processes.stop(process)
-    log = (tmp_path / "serve.log").read_text(errors="replace")
+    return code, (tmp_path / "serve.log").read_text(errors="replace")
+
+
+def test_bad_config_stops_the_start_with_the_field_named(tmp_path: Path, ray_tmp: str) -> None:
+    config = write_config(tmp_path, free_port(), ["digits", "no-such-model"])
+    code, log = failed_start(config, tmp_path, ray_tmp, "--default-proxy")
     assert code != 0
     assert "unknown model 'no-such-model'" in log
+
+
+def test_a_model_that_cannot_load_stops_the_start_naming_it(model_repository: Path,
+                                                             tmp_path: Path, ray_tmp: str) -> None:
+    # It used to start a gateway that answered 503 "not ready" forever.
+    repository = unloadable_copy(model_repository, "digits", tmp_path / "repo")
+    config = write_config(tmp_path, free_port(), ["digits"], repository=repository)
+    code, log = failed_start(config, tmp_path, ray_tmp)
+    assert code != 0
+    assert "model 'digits'" in log and "Unsupported model IR version: 14" in log

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.config import load_model_spec
+from serving.repository import load_model_spec
 from serving.tritonserver import TritonServer
 
 from ..conftest import free_port

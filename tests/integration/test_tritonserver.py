@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
 
-from serving.config import load_model_spec
+from serving.repository import load_model_spec
 from serving.tritonserver import TritonServer
 
 from ..conftest import free_port

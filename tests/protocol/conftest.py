@@ -6,10 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from serving.config import load_repository, parse_gateway_config
+from serving.config import parse_gateway_config
 from serving.dataplane import Placement
+from serving.repository import load_repository
 from serving.runtimes.onnx import OnnxRuntime
 from serving.worker import Worker
+
+MODELS = ["digits", "minilm", "simple", "simple_string", "simple_identity"]
 
 
 class InProcessWorkers:
@@ -30,13 +33,16 @@ class InProcessWorkers:
     async def ready(self, model) -> bool:
         return self.is_ready
 
+    def reason(self, model) -> str:
+        return "" if self.is_ready else "the test said so"
+
     def placement(self, model) -> Placement:
         return Placement("in-process", replicas=1, slots_per_replica=1)
 
 
 @pytest.fixture(scope="module")
 def workers(model_repository: Path) -> InProcessWorkers:
-    config = parse_gateway_config({"models": ["digits", "minilm"],
+    config = parse_gateway_config({"models": MODELS,
                                    "model_repository": model_repository})
     return InProcessWorkers(load_repository(config))
 

@@ -17,34 +17,45 @@ from tritonclient.grpc import _utils as client_utils
 from tritonclient.grpc import model_config_pb2 as config_pb
 from tritonclient.grpc import service_pb2 as pb
 
-from serving.config import load_repository, parse_gateway_config
+from serving.config import parse_gateway_config
 from serving.dataplane import DataPlane
 from serving.errors import grpc_status_name
 from serving.protocol.grpc import Call, Encoded, GrpcAdapter
+from serving.repository import load_repository
 
-from .conftest import InProcessWorkers
+from .conftest import MODELS, InProcessWorkers
 
 LIMIT = 1 << 20
 
 
 @pytest.fixture
 def run(workers: InProcessWorkers, model_repository: Path):
-    """``run(method, request, call)`` -> (response, gRPC status name or None)."""
-    config = parse_gateway_config({"models": ["digits", "minilm"],
+    """``run(method, request, call)`` -> (response, gRPC status name or None), or several
+    calls in turn on one data plane: ``run.many([(method, request), ...])``."""
+    config = parse_gateway_config({"models": MODELS,
                                    "model_repository": model_repository,
                                    "max_request_bytes": LIMIT})
     specs = load_repository(config)
     workers.is_ready = True
 
-    def call(method: str, request, transport: Call | None = None):
+    def many(calls: list[tuple[str, object]]) -> list[tuple[object, tuple[str, str] | None]]:
         async def go():
             # A fresh data plane per event loop: its queues belong to the loop that made them.
+            adapter = GrpcAdapter(DataPlane(config, specs, workers), max_request_bytes=LIMIT)
+            return [await adapter.handle(method, request, Call()) for method, request in calls]
+
+        return [(response, None if error is None else (grpc_status_name(error), error.message))
+                for response, error in asyncio.run(go())]
+
+    def call(method: str, request, transport: Call | None = None):
+        async def go():
             adapter = GrpcAdapter(DataPlane(config, specs, workers), max_request_bytes=LIMIT)
             return await adapter.handle(method, request, transport or Call())
 
         response, error = asyncio.run(go())
         return response, (None if error is None else (grpc_status_name(error), error.message))
 
+    call.many = many
     return call
 
 
@@ -78,8 +89,9 @@ def test_raw_request_matches_onnx_runtime(run, workers) -> None:
     assert len(response.raw_output_contents) == 2
 
 
-def test_typed_contents_get_typed_outputs(run, workers) -> None:
-    # KServe-style clients send typed contents and read typed contents back.
+def test_regression_typed_contents_still_get_raw_outputs(run, workers) -> None:
+    # Outputs used to mirror the request's form; tritonclient reads only raw_output_contents
+    # (IndexError in Triton's grpc_explicit_int_content_client.py). Triton always answers raw.
     x = digits_input(2)
     request = pb.ModelInferRequest(model_name="digits")
     tensor = request.inputs.add(name="input", datatype="FP32", shape=[2, 64])
@@ -87,11 +99,11 @@ def test_typed_contents_get_typed_outputs(run, workers) -> None:
     request.outputs.add(name="label")
     response, error = run("ModelInfer", request)
     assert error is None
-    assert not response.raw_output_contents
     (output,) = response.outputs
+    assert not output.HasField("contents") and len(response.raw_output_contents) == 1
     want = workers.workers["digits"].runtime.infer({"input": x})["label"]
     assert output.name == "label" and output.datatype == "INT64" and list(output.shape) == [2]
-    assert list(output.contents.int64_contents) == want.tolist()
+    np.testing.assert_array_equal(grpcclient.InferResult(response).as_numpy("label"), want)
 
 
 def test_multi_input_model(run, workers) -> None:
@@ -118,7 +130,7 @@ def typed_request(datatype: str, shape: list[int], field: str, values) -> pb.Mod
     (client_request("digits", {"input": np.zeros((1, 64), np.int64)}),
      "INVALID_ARGUMENT", "must be FP32, got INT64"),
     (client_request("nope", {"input": np.zeros((1, 64), np.float32)}),
-     "NOT_FOUND", "unknown model 'nope'"),
+     "NOT_FOUND", "unknown model: 'nope'"),
     (typed_request("FP32", [1, 64], "int_contents", [1] * 64),
      "INVALID_ARGUMENT", "data belongs in contents.fp32_contents, got int_contents"),
     (typed_request("FP32", [1, 64], "fp32_contents", [0.5] * 10),
@@ -204,3 +216,83 @@ def test_encoded_requests_are_parsed_by_the_adapter(run) -> None:
     _, error = run("ModelInfer", Encoded("ModelInfer", b"\xff\xff not a protobuf"))
     assert error is not None and error[0] == "INVALID_ARGUMENT"
     assert error[1].startswith("malformed ModelInfer request: Error parsing")
+
+
+def test_typed_bytes_contents_reach_a_string_model(run) -> None:
+    request = pb.ModelInferRequest(model_name="simple_string")
+    for name, values in (("INPUT0", [str(i) for i in range(16)]), ("INPUT1", ["1"] * 16)):
+        tensor = request.inputs.add(name=name, datatype="BYTES", shape=[1, 16])
+        tensor.contents.bytes_contents.extend(v.encode() for v in values)
+    response, error = run("ModelInfer", request)
+    assert error is None
+    result = grpcclient.InferResult(response)
+    assert [int(v) for v in result.as_numpy("OUTPUT0").ravel()] == list(range(1, 17))
+    assert [int(v) for v in result.as_numpy("OUTPUT1").ravel()] == list(range(-1, 15))
+
+
+def test_raw_bytes_come_back_byte_exact(run) -> None:
+    values = [b"he\x00llo", "h\u00e9llo".encode(), b"", b"\x00\x01\x02\x03"]
+    item = grpcclient.InferInput("INPUT0", [1, 4], "BYTES")
+    item.set_data_from_numpy(np.array([values], dtype=object))
+    request = client_utils._get_inference_request(
+        "simple_identity", [item], model_version="", request_id="", outputs=None,
+        sequence_id=0, sequence_start=False, sequence_end=False, priority=0, timeout=None,
+        parameters=None)
+    response, error = run("ModelInfer", request)
+    assert error is None
+    assert grpcclient.InferResult(response).as_numpy("OUTPUT0").ravel().tolist() == values
+
+
+def test_raw_and_typed_contents_together_are_refused_in_tritons_words(run) -> None:
+    # Triton's grpc_explicit_int_content_client.py checks for this message.
+    request = client_request("digits", {"input": digits_input(1)})
+    request.inputs[0].contents.fp32_contents.extend([0.5] * 64)
+    _, error = run("ModelInfer", request)
+    assert error == ("INVALID_ARGUMENT", "contents field must not be specified when using "
+                     "raw_input_contents for 'input' for model 'digits'")
+
+
+def test_regression_a_huge_dimension_is_invalid_argument(run) -> None:
+    request = pb.ModelInferRequest(model_name="digits")
+    request.inputs.add(name="input", datatype="FP32", shape=[0, 4611686018427387904])
+    for raw in (False, True):
+        if raw:
+            request.raw_input_contents.append(b"")
+        _, error = run("ModelInfer", request)
+        assert error is not None and error[0] == "INVALID_ARGUMENT" and "too large" in error[1]
+
+
+def test_model_statistics(run) -> None:
+    (_, error), (response, _), (every, _), (_, missing) = run.many([
+        ("ModelInfer", client_request("digits", {"input": digits_input(3)})),
+        ("ModelStatistics", pb.ModelStatisticsRequest(name="digits")),
+        ("ModelStatistics", pb.ModelStatisticsRequest()),
+        ("ModelStatistics", pb.ModelStatisticsRequest(name="nope")),
+    ])
+    assert error is None
+    (stats,) = response.model_stats
+    assert stats.name == "digits" and stats.version == "1"
+    assert (stats.inference_count, stats.execution_count) == (3, 1)
+    assert stats.inference_stats.success.count == 1 and stats.inference_stats.success.ns > 0
+    assert stats.inference_stats.queue.count == 1
+    assert [b.batch_size for b in stats.batch_stats] == [3]
+    assert sorted(m.name for m in every.model_stats) == sorted(MODELS)
+    assert missing is not None and missing[0] == "NOT_FOUND"
+
+
+UNSERVED = ["RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
+            "SystemSharedMemoryStatus", "SystemSharedMemoryRegister",
+            "SystemSharedMemoryUnregister", "CudaSharedMemoryStatus", "CudaSharedMemoryRegister",
+            "CudaSharedMemoryUnregister", "TraceSetting", "LogSettings"]
+
+
+@pytest.mark.parametrize("method", UNSERVED)
+def test_every_unserved_rpc_is_unimplemented(run, method: str) -> None:
+    response, error = run(method, Encoded(method, b""))
+    assert error == ("UNIMPLEMENTED", f"{method} is not supported by this server")
+    assert type(response).__name__ == f"{method}Response"
+
+
+def test_a_generated_id_when_the_request_has_none(run) -> None:
+    response, error = run("ModelInfer", client_request("digits", {"input": digits_input(1)}))
+    assert error is None and len(response.id) == 32

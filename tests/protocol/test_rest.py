@@ -14,18 +14,19 @@ import pytest
 from starlette.requests import Request
 from starlette.testclient import TestClient
 
-from serving.config import load_repository, parse_gateway_config
+from serving.config import parse_gateway_config
 from serving.dataplane import DataPlane
 from serving.protocol.rest import RestAdapter
+from serving.repository import load_repository
 
-from .conftest import InProcessWorkers
+from .conftest import MODELS, InProcessWorkers
 
 LIMIT = 1 << 20
 
 
 @pytest.fixture
 def client(workers: InProcessWorkers, model_repository: Path) -> TestClient:
-    config = parse_gateway_config({"models": ["digits", "minilm"],
+    config = parse_gateway_config({"models": MODELS,
                                    "model_repository": model_repository,
                                    "max_request_bytes": LIMIT})
     adapter = RestAdapter(DataPlane(config, load_repository(config), workers),
@@ -109,15 +110,19 @@ def test_gzip_request_body_is_accepted(client) -> None:
 
 
 def test_metadata_health_and_readiness(client, workers) -> None:
-    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "statistics"]
     assert client.get("/v2/health/live").status_code == 200
     assert client.get("/v2/health/ready").status_code == 200
     meta = client.get("/v2/models/minilm").json()
     assert [i["name"] for i in meta["inputs"]] == ["input_ids", "attention_mask"]
     assert client.get("/v2/models/minilm/versions/1/ready").status_code == 200
     workers.is_ready = False
-    assert client.get("/v2/models/minilm/ready").status_code == 503
-    assert client.get("/v2/health/ready").status_code == 503
+    response = client.get("/v2/models/minilm/ready")
+    assert response.status_code == 503
+    assert response.json() == {"name": "minilm", "ready": False, "reason": "the test said so"}
+    response = client.get("/v2/health/ready")
+    assert response.status_code == 503 and response.json()["models"]["digits"] == \
+        "the test said so"
 
 
 def _truncated() -> tuple[bytes, dict]:
@@ -140,6 +145,14 @@ def _raw(payload) -> tuple[bytes, dict]:
 
 
 _X = digits_input(1)
+
+
+def _bytes_body(values: list[bytes]) -> tuple[bytes, dict[str, str]]:
+    blob = b"".join(len(v).to_bytes(4, "little") + v for v in values)
+    head = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, len(values)],
+                                   "datatype": "BYTES",
+                                   "parameters": {"binary_data_size": len(blob)}}]}).encode()
+    return head + blob, {"Inference-Header-Content-Length": str(len(head))}
 
 
 @pytest.mark.parametrize(
@@ -175,13 +188,26 @@ _X = digits_input(1)
         ("digits", lambda: (gzip.compress(b" " * (LIMIT * 4)), {"Content-Encoding": "gzip"}),
          413, "decompressed request body exceeds"),
         ("digits", lambda: (b"{}", {"Content-Encoding": "br"}), 400, "Content-Encoding 'br'"),
-        ("nope", lambda: _raw(json_body(_X)), 404, "unknown model 'nope'"),
+        ("nope", lambda: _raw(json_body(_X)), 404, "unknown model: 'nope'"),
         ("digits/versions/9", lambda: _raw(json_body(_X)), 404, "no version '9'"),
+        # Found by fuzzing; each was a 500 before.
+        ("digits", lambda: (binary_body(_X)[0],
+                            {"Inference-Header-Content-Length": "²".encode("latin-1")}),
+         400, "' is not a length within the"),
+        ("digits", lambda: _raw({"inputs": [{"name": "input", "datatype": "FP32", "data": [],
+                                             "shape": [0, 4611686018427387904]}]}),
+         400, "is too large"),
+        ("digits", lambda: (json.dumps(json_body(_X)).encode()[:-1]
+                            + b', "parameters": {"priority": 1e400}}', {}),
+         400, "parameters.priority must be a finite non-negative number, got inf"),
+        ("simple_identity", lambda: _bytes_body([b"ok", b"\xff"]), 400,
+         "input 'INPUT0' element 1 is not valid UTF-8"),
     ],
     ids=["malformed-json", "no-inputs", "wrong-shape", "wrong-datatype", "wrong-count",
          "unknown-input", "no-data", "unknown-output", "zero-binary", "truncated-binary",
          "header-too-long", "trailing-binary", "oversized", "gzip-bomb", "bad-encoding",
-         "unknown-model", "unknown-version"],
+         "unknown-model", "unknown-version", "unicode-digit-header-length",
+         "zero-elements-huge-dim", "infinite-priority", "bytes-not-utf8"],
 )
 def test_bad_input_gets_precise_status(client, path, make, status, message) -> None:
     body, headers = make()
@@ -222,5 +248,64 @@ def test_not_ready_model_is_refused_naming_pool_and_backend(client, workers) -> 
     response = client.post("/v2/models/digits/infer", json=json_body(digits_input()))
     assert response.status_code == 503
     assert response.json()["error"] == (
-        "model 'digits' is not ready on pool 'in-process' (ONNX Runtime)")
+        "model 'digits' is not ready on pool 'in-process' (ONNX Runtime): the test said so")
     assert response.headers["retry-after"] == "1"
+
+
+STRINGS = [b"hello", b"he\x00llo", "h\u00e9llo \u2713".encode(), b"", b"\x00\x01\x02\x03"]
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_bytes_reach_a_string_model_byte_exact(client, binary: bool) -> None:
+    if binary:
+        body, headers = _bytes_body(STRINGS)
+        head = json.loads(body[: int(headers["Inference-Header-Content-Length"])])
+        head["parameters"] = {"binary_data_output": True}
+        text = json.dumps(head).encode()
+        body = text + body[int(headers["Inference-Header-Content-Length"]):]
+        headers = {"Inference-Header-Content-Length": str(len(text))}
+    else:
+        body = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, len(STRINGS)],
+                                       "datatype": "BYTES",
+                                       "data": [v.decode() for v in STRINGS]}]}).encode()
+        headers = {}
+    response = client.post("/v2/models/simple_identity/infer", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    if binary:
+        length = int(response.headers["inference-header-content-length"])
+        blob, got = response.content[length:], []
+        while blob:
+            size = int.from_bytes(blob[:4], "little")
+            got.append(blob[4:4 + size])
+            blob = blob[4 + size:]
+    else:
+        (output,) = response.json()["outputs"]
+        got = [v.encode() for v in output["data"]]
+    assert got == STRINGS
+
+
+def test_statistics_follow_tritons_schema(client) -> None:
+    before = client.get("/v2/models/simple/stats").json()["model_stats"][0]
+    x = {"name": "INPUT0", "shape": [2, 16], "datatype": "INT32", "data": list(range(32))}
+    body = {"inputs": [x, {**x, "name": "INPUT1"}]}
+    assert client.post("/v2/models/simple/infer", json=body).status_code == 200
+    assert client.post("/v2/models/simple/infer", json={"inputs": [x]}).status_code == 400
+    (stats,) = client.get("/v2/models/simple/versions/1/stats").json()["model_stats"]
+    assert (stats["name"], stats["version"]) == ("simple", "1")
+    assert stats["inference_count"] == before["inference_count"] + 2  # rows, as Triton counts
+    assert stats["execution_count"] == before["execution_count"] + 1
+    inference = stats["inference_stats"]
+    assert inference["success"]["count"] == before["inference_stats"]["success"]["count"] + 1
+    assert inference["success"]["ns"] > before["inference_stats"]["success"]["ns"]
+    assert inference["compute_infer"]["count"] == inference["success"]["count"]
+    assert 2 in [b["batch_size"] for b in stats["batch_stats"]]
+    assert stats["last_inference"] > 0
+    every = client.get("/v2/models/stats").json()["model_stats"]
+    assert sorted(m["name"] for m in every) == sorted(MODELS)
+    assert client.get("/v2/models/nope/stats").status_code == 404
+
+
+def test_a_generated_id_when_the_request_has_none(client) -> None:
+    first = client.post("/v2/models/digits/infer", json=json_body(_X)).json()["id"]
+    second = client.post("/v2/models/digits/infer", json=json_body(_X)).json()["id"]
+    assert first and second and first != second

@@ -120,3 +120,23 @@ def test_binary_bytes_decode_rejects_truncation(blob: bytes, message: str) -> No
 def test_oip_datatype_of_strings_is_bytes() -> None:
     assert tensors.oip_datatype(np.array(["a", "b"])) == "BYTES"
     assert tensors.oip_datatype(np.array([b"a"], dtype=object)) == "BYTES"
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ([0, 4611686018427387904], "is too large"),  # used to raise numpy's "array is too big"
+        ([2**33], "is too large"),
+        ([1] * 33, "33 dimensions"),
+        ([2, -1], "negative dimension"),
+    ],
+    ids=["zero-elements-huge-dim", "too-many-elements", "too-many-dims", "negative"],
+)
+@pytest.mark.parametrize("decoder", ["json", "binary"])
+def test_regression_impossible_shapes_are_a_bad_request(shape, message, decoder) -> None:
+    with pytest.raises(InvalidRequest, match=message) as info:
+        if decoder == "json":
+            tensors.decode_json("x", "FP32", shape, [])
+        else:
+            tensors.decode_binary("x", "FP32", shape, b"")
+    assert "'x'" in info.value.message

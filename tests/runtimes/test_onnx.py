@@ -8,9 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.config import ModelSpec, TensorSpec, load_model_spec
+from serving.config import ModelSpec, TensorSpec
 from serving.errors import ConfigError, InvalidRequest
+from serving.repository import load_model_spec
 from serving.runtimes.onnx import OnnxRuntime
+
+from ..conftest import unloadable_copy
 
 
 @pytest.fixture
@@ -65,3 +68,57 @@ def test_bad_input_values_are_the_clients_fault(model_repository: Path) -> None:
     ids = np.full((1, 4), 10**6, np.int64)
     with pytest.raises(InvalidRequest, match="model 'minilm' rejected the input"):
         runtime.infer({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+
+
+@pytest.fixture(scope="module")
+def strings(model_repository: Path) -> dict[str, OnnxRuntime]:
+    runtimes = {}
+    for name in ("simple_string", "simple_identity"):
+        runtimes[name] = OnnxRuntime(load_model_spec(model_repository, name))
+        runtimes[name].load()
+    return runtimes
+
+
+def objects(values: list, shape: tuple[int, ...]) -> np.ndarray:
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array.reshape(shape)
+
+
+def test_regression_bytes_reach_string_inputs_as_text(strings) -> None:
+    # Object arrays of Python bytes used to reach ONNX Runtime as their repr: b"b'hello'".
+    values = [b"hello", b"he\x00llo", "héllo ✓".encode(), b"", b"\x00\x01\x02\x03"]
+    out = strings["simple_identity"].infer({"INPUT0": objects(values, (1, 5))})["OUTPUT0"]
+    assert out.dtype == object and out.shape == (1, 5)
+    assert out.ravel().tolist() == values  # bytes back, byte-exact
+
+
+def test_strings_cast_to_numbers_and_back(strings) -> None:
+    x = objects([str(i).encode() for i in range(16)], (1, 16))
+    y = objects([b"1"] * 16, (1, 16))
+    out = strings["simple_string"].infer({"INPUT0": x, "INPUT1": y})
+    assert [int(v) for v in out["OUTPUT0"].ravel()] == [i + 1 for i in range(16)]
+    assert [int(v) for v in out["OUTPUT1"].ravel()] == [i - 1 for i in range(16)]
+    assert all(isinstance(v, bytes) for v in out["OUTPUT0"].ravel())
+
+
+def test_bytes_that_are_not_utf8_are_a_bad_request_naming_the_input(strings) -> None:
+    with pytest.raises(InvalidRequest, match="input 'INPUT0' element 1 is not valid UTF-8"):
+        strings["simple_identity"].infer({"INPUT0": objects([b"ok", b"\xff\xfe"], (1, 2))})
+
+
+def test_text_that_is_not_a_number_is_a_bad_request(strings) -> None:
+    # ONNX Runtime's Cast reports std::stoll's failure as a RUNTIME_EXCEPTION.
+    x = objects([b"abc"] * 16, (1, 16))
+    with pytest.raises(InvalidRequest, match="could not parse input text as a number"):
+        strings["simple_string"].infer({"INPUT0": x, "INPUT1": x})
+
+
+def test_a_model_onnx_runtime_cannot_load_names_model_and_reason(tmp_path: Path,
+                                                                 model_repository: Path) -> None:
+    repository = unloadable_copy(model_repository, "digits", tmp_path, ir_version=99)
+    runtime = OnnxRuntime(load_model_spec(repository, "digits"))
+    with pytest.raises(ConfigError) as info:
+        runtime.load()
+    assert "model 'digits': ONNX Runtime" in str(info.value)
+    assert "Unsupported model IR version: 99" in str(info.value)

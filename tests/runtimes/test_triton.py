@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.config import TensorSpec, load_model_spec
+from serving.config import TensorSpec
 from serving.errors import ConfigError, ModelNotReady
+from serving.repository import load_model_spec
 from serving.runtimes.onnx import OnnxRuntime
 from serving.runtimes.triton import TritonRuntime
 from serving.tritonserver import TritonServer
