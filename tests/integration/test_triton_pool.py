@@ -90,7 +90,8 @@ def test_killed_server_fails_fast_then_recovers(triton_app: str, triton: TritonS
             assert "Triton server at" in response.json()["error"]
             assert int(response.headers["retry-after"]) >= 1
         assert wait_for(lambda: http.get("/v2/health/ready").status_code == 503, 5)
-        assert http.get("/v2/models/digits/ready").status_code == 503
+        ready = http.get("/v2/models/digits/ready")
+        assert ready.status_code == 503 and "Triton server at" in ready.json()["reason"]
 
         triton.start()  # same ports; the gateway application is not touched
         assert wait_for(lambda: http.get("/v2/models/digits/ready").status_code == 200, 30)
