@@ -8,6 +8,7 @@ import asyncio
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import aiohttp
@@ -71,6 +72,96 @@ def _percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 10) - 1]
 
 
+@dataclass(frozen=True)
+class Request:
+    """One request of a mix: what to send, the SLO it is judged by, the label it counts under
+    (a class, say), and an id to find it again (for instance in a worker's record)."""
+
+    body: bytes
+    headers: dict[str, str]
+    slo_s: float
+    label: str = "all"
+    id: str = ""
+
+
+async def offer(
+    url: str,
+    schedule: list[float],
+    make: Callable[[int], Request],
+    *,
+    pattern: str = "custom",
+    timeout_s: float = 5.0,
+    answered: dict[str, int] | None = None,
+    timeline: dict[str, dict[str, int]] | None = None,
+) -> dict[str, Point]:
+    """Send request ``make(i)`` at ``schedule[i]`` seconds from now, whether or not earlier
+    ones have been answered; one :class:`Point` per label (and ``"all"``). ``answered``, if
+    given, receives each request id with its HTTP status (0: no answer); ``timeline`` the
+    failures (by status) per tenth of a second of the schedule."""
+    seconds = max(schedule[-1], 1e-9) if schedule else 1e-9
+    requests = [make(i) for i in range(len(schedule))]
+    outcome: list[tuple[float | None, str]] = [(None, "")] * len(schedule)
+    connector = aiohttp.TCPConnector(limit=2000, force_close=False)
+    client_timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
+
+        async def one(index: int, at: float, start: float) -> None:
+            request = requests[index]
+            await asyncio.sleep(max(0.0, start + at - time.monotonic()))
+            sent = time.monotonic()
+            status = 0
+            try:
+                async with session.post(url, data=request.body, headers=request.headers) as r:
+                    await r.read()
+                    status = r.status
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                outcome[index] = (None, type(exc).__name__)
+            else:
+                latency = time.monotonic() - sent
+                outcome[index] = (latency, "") if status == 200 else (None, str(status))
+            if answered is not None and request.id:
+                answered[request.id] = status
+            if timeline is not None and status != 200:
+                second = f"{at:.1f}"
+                timeline.setdefault(second, {})
+                timeline[second][str(status)] = timeline[second].get(str(status), 0) + 1
+
+        start = time.monotonic() + 0.2
+        await asyncio.gather(*(one(i, at, start) for i, at in enumerate(schedule)))
+    labels = sorted({r.label for r in requests} | {"all"})
+    return {
+        label: _point(
+            pattern,
+            seconds,
+            [(r, o) for r, o in zip(requests, outcome, strict=True) if label in ("all", r.label)],
+        )
+        for label in labels
+    }
+
+
+def _point(pattern: str, seconds: float, rows: list[tuple[Request, tuple]]) -> Point:
+    latencies = [latency for _, (latency, _) in rows if latency is not None]
+    errors: dict[str, int] = {}
+    for _, (latency, error) in rows:
+        if latency is None:
+            errors[error] = errors.get(error, 0) + 1
+    good = sum(1 for r, (latency, _) in rows if latency is not None and latency <= r.slo_s)
+    offered = len(rows)
+    return Point(
+        pattern=pattern,
+        offered_rps=offered / seconds,
+        offered=offered,
+        ok=len(latencies),
+        good=good,
+        errors=errors,
+        throughput_rps=len(latencies) / seconds,
+        goodput_rps=good / seconds,
+        attainment=good / offered if offered else 0.0,
+        p50_ms=_percentile(latencies, 50) * 1e3,
+        p99_ms=_percentile(latencies, 99) * 1e3,
+    )
+
+
 async def run(
     url: str,
     body: bytes,
@@ -82,47 +173,12 @@ async def run(
     slo_s: float,
     timeout_s: float = 5.0,
 ) -> Point:
-    """Offer ``rate`` req/s for ``seconds``; measure every request until ``timeout_s``."""
+    """Offer ``rate`` req/s of one request for ``seconds``; measure each until ``timeout_s``."""
     schedule = arrivals(pattern, rate, seconds)
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    good = 0
-    connector = aiohttp.TCPConnector(limit=2000, force_close=False)
-    client_timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
-
-        async def one(at: float, start: float) -> None:
-            nonlocal good
-            await asyncio.sleep(max(0.0, start + at - time.monotonic()))
-            sent = time.monotonic()
-            try:
-                async with session.post(url, data=body, headers=headers) as response:
-                    await response.read()
-                    status = response.status
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-                return
-            latency = time.monotonic() - sent
-            if status != 200:
-                errors[str(status)] = errors.get(str(status), 0) + 1
-                return
-            latencies.append(latency)
-            if latency <= slo_s:
-                good += 1
-
-        start = time.monotonic() + 0.2
-        await asyncio.gather(*(one(at, start) for at in schedule))
-    offered = len(schedule)
-    return Point(
-        pattern=pattern,
-        offered_rps=rate,
-        offered=offered,
-        ok=len(latencies),
-        good=good,
-        errors=errors,
-        throughput_rps=len(latencies) / seconds,
-        goodput_rps=good / seconds,
-        attainment=good / offered if offered else 0.0,
-        p50_ms=_percentile(latencies, 50) * 1e3,
-        p99_ms=_percentile(latencies, 99) * 1e3,
-    )
+    points = await offer(url, schedule, lambda _: Request(body, headers, slo_s),
+                         pattern=pattern, timeout_s=timeout_s)
+    point = points["all"]
+    point.offered_rps = rate  # the schedule's nominal rate, not its realised one
+    point.throughput_rps = point.ok / seconds
+    point.goodput_rps = point.good / seconds
+    return point

@@ -7,14 +7,16 @@
 
 ``run`` sets the fast-ingress environment (HAProxy + direct ingress, measured ~5x the default
 proxy's throughput on a 2-core machine; user code on the replica's main loop) unless
-``--default-proxy`` is given, starts a fresh
-local Ray instance (never attaching to someone else's), and replaces itself with ``serve run``
-so Ctrl-C / SIGINT stops Serve cleanly.
+``--default-proxy`` is given, starts a fresh local Ray instance (never attaching to someone
+else's) whose node declares a resource for every pool of the config (so a hybrid config runs
+on one machine), and replaces itself with ``serve run`` so Ctrl-C / SIGINT stops Serve
+cleanly.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -34,6 +36,7 @@ FAST_INGRESS = {
     # (30 s) made Ctrl-C of `make serve` take ~35 s; 5 s is ample on one node.
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
 }
+RESOURCES_ENV = "RAY_OVERRIDE_RESOURCES"  # what the local Ray node declares at start
 BASE_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",  # loopback-only by default; see README before exposing it
@@ -41,12 +44,24 @@ BASE_ENV = {
 }
 
 
-def launch_env(*, fast_ingress: bool, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment ``serve run`` gets; explicit settings in ``base`` win."""
+def launch_env(
+    *,
+    fast_ingress: bool,
+    base: dict[str, str] | None = None,
+    resources: dict[str, float] | None = None,
+) -> dict[str, str]:
+    """The environment ``serve run`` gets; explicit settings in ``base`` win.
+
+    ``resources``: custom resources the local Ray node declares (one per pool of the
+    config), so every pool's replicas can be placed on this machine.
+    """
     env = dict(os.environ if base is None else base)
     defaults = {**BASE_ENV, **(FAST_INGRESS if fast_ingress else {})}
     for key, value in defaults.items():
         env.setdefault(key, value)
+    if resources:
+        declared = json.loads(env.get(RESOURCES_ENV) or "{}")
+        env[RESOURCES_ENV] = json.dumps({**resources, **declared})
     if not fast_ingress:  # stock Ray Serve: the Python proxy and Ray's own defaults
         for key in FAST_INGRESS:
             env.pop(key, None)
@@ -92,6 +107,19 @@ def check_config(path: Path) -> list[str]:
     return problems
 
 
+def pool_resources(path: Path) -> dict[str, float]:
+    """The custom resources a single machine needs to host every pool in ``path``."""
+    from serving.config import parse_gateway_config
+    from serving.placement import local_resources
+
+    document = yaml.safe_load(path.read_text()) or {}
+    resources: dict[str, float] = {}
+    for app in document.get("applications") or []:
+        if app.get("import_path") == "serving.deployments:build_app":
+            resources.update(local_resources(parse_gateway_config(app.get("args") or {})))
+    return resources
+
+
 def _load_once(spec: object) -> None:
     from serving.runtimes.onnx import OnnxRuntime
 
@@ -135,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(problems), file=sys.stderr)
         return 2
     command = serve_command(args.config)
-    os.execve(command[0], command, launch_env(fast_ingress=not args.default_proxy))
+    env = launch_env(fast_ingress=not args.default_proxy, resources=pool_resources(args.config))
+    os.execve(command[0], command, env)
     return 0  # unreachable: execve replaces the process
 
 

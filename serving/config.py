@@ -73,8 +73,28 @@ class SLOClass(_Strict):
     priority: int = Field(default=1, ge=0, description="0 is the most important.")
 
 
+class EmulateConfig(_Strict):
+    """A device emulator: each batch's outputs are computed for real on the CPU, then the
+    batch is held, without using CPU, until ``base_ms + per_row_ms × rows`` have passed
+    since it started; one batch at a time per replica (one emulated device per replica)."""
+
+    base_ms: float = Field(ge=0, description="Fixed time per batch, in milliseconds.")
+    per_row_ms: float = Field(ge=0, description="Time per row of a batch, in milliseconds.")
+
+    def seconds(self, rows: int) -> float:
+        return (self.base_ms + self.per_row_ms * rows) / 1e3
+
+
+_ONPREM_COSTS = ("power_w", "idle_power_w", "energy_price_per_kwh", "capex_per_hour")
+
+
 class PoolConfig(_Strict):
-    """A place workers run: on-prem or cloud, CPU or GPU, with a capacity and a cost model."""
+    """A place workers run: on-prem or cloud, CPU or GPU, with a capacity and a cost model.
+
+    Cloud pools cost ``price_per_hour`` per running replica. On-prem hardware is paid for:
+    its cost is energy (``power_w`` while a batch runs, ``idle_power_w`` otherwise) times
+    ``pue`` at ``energy_price_per_kwh``, plus ``capex_per_hour`` per replica if set.
+    """
 
     location: Literal["onprem", "cloud"] = Field(default="onprem")
     device: Literal["cpu", "gpu"] = Field(default="cpu")
@@ -90,21 +110,32 @@ class PoolConfig(_Strict):
     triton_timeout_s: float = Field(
         default=10.0, gt=0, description="Longest one batch may take on the Triton server."
     )
+    emulate: EmulateConfig | None = Field(
+        default=None, description="Emulate this pool's device on the CPU (tests, benchmarks)."
+    )
     min_replicas: int = Field(default=1, ge=0, description="Replicas per model, at least.")
     max_replicas: int = Field(default=1, ge=1, description="Replicas per model, at most.")
     num_cpus_per_replica: float = Field(default=1.0, ge=0, description="Ray CPUs per replica.")
     num_gpus_per_replica: float = Field(default=0.0, ge=0, description="Ray GPUs per replica.")
+    label_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Ray node labels a replica's node must have (besides the pool's resource).",
+    )
     intra_op_num_threads: int = Field(default=1, ge=1, description="ONNX Runtime threads.")
     max_batches_in_flight: int = Field(
         default=2, ge=1, description="Batches one replica holds; more queue in the gateway."
     )
     price_per_hour: float = Field(default=0.0, ge=0, description="Cloud $ per replica-hour.")
-    power_w: float = Field(default=0.0, ge=0, description="On-prem watts per replica.")
+    power_w: float = Field(default=0.0, ge=0, description="On-prem watts per busy replica.")
+    idle_power_w: float = Field(default=0.0, ge=0, description="On-prem watts per idle replica.")
     pue: float = Field(default=1.0, ge=1, description="Data-centre power usage effectiveness.")
     energy_price_per_kwh: float = Field(default=0.0, ge=0, description="On-prem $ per kWh.")
+    capex_per_hour: float = Field(
+        default=0.0, ge=0, description="On-prem amortised purchase price, $ per replica-hour."
+    )
 
     @model_validator(mode="after")
-    def _replicas(self) -> PoolConfig:
+    def _consistent(self) -> PoolConfig:
         if self.min_replicas > self.max_replicas:
             raise ValueError(
                 f"min_replicas={self.min_replicas} exceeds max_replicas={self.max_replicas}"
@@ -114,13 +145,40 @@ class PoolConfig(_Strict):
                 f"runtime='{self.runtime}' with triton_url={self.triton_url!r}: a Triton pool "
                 "needs triton_url, and only a Triton pool takes one"
             )
+        if self.emulate is not None and self.runtime != "onnx":
+            raise ValueError(f"emulate needs runtime='onnx', got runtime='{self.runtime}'")
+        if self.idle_power_w > self.power_w:
+            raise ValueError(
+                f"idle_power_w={self.idle_power_w} exceeds power_w={self.power_w}"
+            )
+        if self.location == "cloud":
+            for name in _ONPREM_COSTS:
+                if getattr(self, name):
+                    raise ValueError(
+                        f"location='cloud' with {name}={getattr(self, name)}: a cloud pool is "
+                        "priced by price_per_hour only"
+                    )
+        elif self.price_per_hour:
+            raise ValueError(
+                f"location='onprem' with price_per_hour={self.price_per_hour}: an on-prem pool "
+                f"is priced by {', '.join(_ONPREM_COSTS)}"
+            )
         return self
 
     @property
+    def cloud(self) -> bool:
+        return self.location == "cloud"
+
+    @property
     def backend(self) -> str:
-        """Where this pool's models run, for error messages."""
+        """Where this pool's models run, for error messages and logs."""
         if self.runtime == "triton":
             return f"Triton server at {self.triton_url}"
+        if self.emulate is not None:
+            return (
+                f"emulated {self.device} ({self.emulate.base_ms:g} ms + "
+                f"{self.emulate.per_row_ms:g} ms/row; outputs by ONNX Runtime on the CPU)"
+            )
         return f"ONNX Runtime ({self.device})"
 
 
@@ -139,7 +197,13 @@ class GatewayConfig(_Strict):
     pools: dict[str, PoolConfig] = Field(
         default_factory=lambda: {"onprem-cpu": PoolConfig()},
         min_length=1,
-        description="Worker pools by name, in order of preference.",
+        description="Worker pools by name. On a cluster, each pool's replicas need a Ray "
+        "custom resource of the pool's name.",
+    )
+    model_pools: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Narrows the pools of a model (by default, every pool its residency "
+        "allows).",
     )
     slo_classes: dict[str, SLOClass] = Field(default_factory=lambda: dict(DEFAULT_SLO_CLASSES))
     default_slo_class: str = Field(default="standard")
@@ -156,6 +220,12 @@ class GatewayConfig(_Strict):
     worker_timeout_s: float = Field(
         default=30.0, gt=0, description="Longest a worker call may take before 504."
     )
+    deadline_margin_ms: float = Field(
+        default=1.0,
+        ge=0,
+        description="Of each request's budget, what the planner keeps unplanned: room for "
+        "what it cannot see (event-loop lag, the response's way out).",
+    )
 
     @field_validator("models")
     @classmethod
@@ -166,13 +236,38 @@ class GatewayConfig(_Strict):
         return models
 
     @model_validator(mode="after")
-    def _default_class(self) -> GatewayConfig:
+    def _cross_checks(self) -> GatewayConfig:
         if self.default_slo_class not in self.slo_classes:
             raise ValueError(
                 f"default_slo_class='{self.default_slo_class}' is not one of slo_classes "
                 f"{sorted(self.slo_classes)}"
             )
+        for model, pools in self.model_pools.items():
+            if model not in self.models:
+                raise ValueError(f"model_pools names model '{model}', not one of {self.models}")
+            unknown = sorted(set(pools) - set(self.pools))
+            if unknown or not pools:
+                raise ValueError(
+                    f"model_pools.{model}={pools}: every entry must be one of the pools "
+                    f"{sorted(self.pools)}, and at least one is needed"
+                )
         return self
+
+    def pools_for(self, spec: ModelSpec) -> dict[str, PoolConfig]:
+        """The pools that serve ``spec``: its ``model_pools`` list (else every pool), less the
+        cloud pools if its residency is on-prem; :class:`ConfigError` if none is left."""
+        names = self.model_pools.get(spec.name, list(self.pools))
+        pools = {
+            name: self.pools[name]
+            for name in names
+            if not (spec.residency == "onprem" and self.pools[name].cloud)
+        }
+        if not pools:
+            raise ConfigError(
+                f"model '{spec.name}' has residency '{spec.residency}' but none of its pools "
+                f"{names} is on-prem"
+            )
+        return pools
 
 
 def describe_errors(error: ValidationError, source: str) -> str:

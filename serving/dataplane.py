@@ -6,73 +6,26 @@ encode the :class:`InferResult`; validation against the model repository happens
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
-from functools import partial
-from typing import Protocol
-
-import numpy as np
 
 from serving import __version__
-from serving.batching.latency import LatencyModel
 from serving.batching.merge import rows
-from serving.batching.queue import BatchPlanner, BatchQueue
+from serving.batching.planner import BatchPlanner
+from serving.batching.queue import BatchQueue
 from serving.config import GatewayConfig, ModelSpec, TensorSpec
 from serving.errors import InvalidRequest, ModelNotFound, ModelNotReady, ServingError
 from serving.protocol.tensors import oip_datatype
-from serving.protocol.types import (
-    InferRequest,
-    InferResult,
-    MetadataModelResponse,
-    MetadataServerResponse,
-    MetadataTensor,
-)
+from serving.protocol.types import MetadataModelResponse, MetadataServerResponse, MetadataTensor
+from serving.routing.fleet import Fleet, Workers
 from serving.slo import SLOPolicy
 from serving.telemetry import metrics
 from serving.telemetry.stats import ModelStats
+from serving.types import InferRequest, InferResult, Tensors, WorkItem
 
 logger = logging.getLogger(__name__)
-Tensors = dict[str, np.ndarray]
 EXTENSIONS = ["binary_tensor_data", "statistics"]
-
-
-@dataclass(frozen=True, slots=True)
-class Placement:
-    """Where a model's batches run: the pool, its replicas and batches each replica holds."""
-
-    pool: str
-    replicas: int
-    slots_per_replica: int
-    backend: str = "ONNX Runtime"  # what runs them, for error messages
-
-
-class Workers(Protocol):
-    """How the data plane reaches model workers (Ray handles in production, fakes in tests)."""
-
-    async def infer(
-        self, model: str, batch: list[Tensors]
-    ) -> tuple[list[Tensors | ServingError], float]:
-        """Run ``batch`` on a worker of ``model``: one result per request, execution seconds."""
-        ...
-
-    async def profile(self, model: str) -> list[tuple[int, float]]:
-        """The worker's start-up profile: (rows, execution seconds) pairs."""
-        ...
-
-    def placement(self, model: str) -> Placement:
-        """Where ``model``'s batches run."""
-        ...
-
-    async def ready(self, model: str) -> bool:
-        """Whether a worker of ``model`` can take requests now."""
-        ...
-
-    def reason(self, model: str) -> str:
-        """Why ``model`` was last found not ready ("" if it was ready or is unknown yet)."""
-        ...
 
 
 def _metadata(tensors: list[TensorSpec]) -> list[MetadataTensor]:
@@ -80,60 +33,57 @@ def _metadata(tensors: list[TensorSpec]) -> list[MetadataTensor]:
 
 
 class DataPlane:
-    """Protocol-independent operations of the Open Inference Protocol."""
+    """Protocol-independent operations of the Open Inference Protocol.
+
+    Lifecycle: :meth:`start` on the event loop that will serve requests (it starts keeping
+    the pools' state current), :meth:`stop` when done.
+    """
 
     def __init__(
         self, config: GatewayConfig, specs: dict[str, ModelSpec], workers: Workers
     ) -> None:
         self.config = config
         self.specs = specs
-        self.workers = workers
         self.slo = SLOPolicy(config)
+        self.fleet = Fleet(config, specs, workers)
         self.stats = {name: ModelStats(name, spec.version) for name, spec in specs.items()}
-        self.queues = {name: self._queue(name, spec) for name, spec in specs.items()}
-        self._warming: dict[str, asyncio.Task[None]] = {}
+        self.queues = {
+            name: BatchQueue(
+                name,
+                lambda pool, items, model=name: self.fleet.call(model, pool, items),
+                BatchPlanner(
+                    list(self.fleet.states[name].values()),
+                    max_rows=max(spec.max_batch_size, 1),
+                    max_queued=config.max_queued_per_model,
+                    safety_s=config.deadline_margin_ms / 1e3,
+                ),
+                stats=self.stats[name],
+            )
+            for name, spec in specs.items()
+        }
 
-    def _queue(self, name: str, spec: ModelSpec) -> BatchQueue:
-        placement = self.workers.placement(name)
-        planner = BatchPlanner(
-            LatencyModel(),
-            max_rows=max(spec.max_batch_size, 1),
-            replicas=placement.replicas,
-            slots_per_replica=placement.slots_per_replica,
-            max_queued=self.config.max_queued_per_model,
-        )
-        return BatchQueue(
-            name,
-            placement.pool,
-            partial(self.workers.infer, name),
-            planner,
-            stats=self.stats[name],
-        )
+    def start(self) -> None:
+        self.fleet.start()
 
-    def _warm_start(self, name: str) -> None:
-        # Once per model: fetch the worker's start-up profile into the latency model.
-        if name in self._warming:
-            return
-
-        async def fetch() -> None:
-            try:
-                profile = await self.workers.profile(name)
-            except Exception:  # the prior and live measurements still work
-                logger.warning("no start-up profile for model %s", name, exc_info=True)
-                return
-            self.queues[name].planner.latency.warm_start(profile)
-
-        self._warming[name] = asyncio.get_running_loop().create_task(fetch())
+    async def stop(self) -> None:
+        await self.fleet.stop()
 
     def live(self) -> bool:
         return True
 
+    def metrics(self) -> tuple[bytes, str]:
+        """The Prometheus exposition, with the cost counters brought up to now."""
+        self.fleet.accrue()
+        return metrics.exposition()
+
     async def ready(self) -> tuple[bool, dict[str, str]]:
         """Ready when every configured model is; else why each model that is not is not."""
+        await self.fleet.settled()
         reasons = {}
         for name in self.specs:
-            if not await self.workers.ready(name):
-                reasons[name] = self.workers.reason(name) or "not ready"
+            ready, reason = self.fleet.status(name)
+            if not ready:
+                reasons[name] = reason
         return not reasons, reasons
 
     def server_metadata(self) -> MetadataServerResponse:
@@ -171,9 +121,8 @@ class DataPlane:
     async def model_ready(self, name: str, version: str | None = None) -> tuple[bool, str]:
         """Whether the model can take requests, and if not, why."""
         self.spec(name, version)
-        if await self.workers.ready(name):
-            return True, ""
-        return False, self.workers.reason(name) or "not ready"
+        await self.fleet.settled()
+        return self.fleet.status(name)
 
     def statistics(self, name: str = "", version: str | None = None) -> dict[str, object]:
         """Triton's statistics response for one model, or every model if ``name`` is empty."""
@@ -191,19 +140,20 @@ class DataPlane:
             header_class=request.slo_class,
             now=time.monotonic(),
             transport_deadline=request.deadline,
+            header_residency=request.residency,
         )
-        self._warm_start(spec.name)
+        # KServe's clients require an id: generate one when the request has none.
+        request_id = request.id or uuid.uuid4().hex
         ok = met = False
+        pool = metrics.NO_POOL
         try:
-            if not await self.workers.ready(spec.name):
-                where = self.workers.placement(spec.name)
-                reason = self.workers.reason(spec.name)
-                raise ModelNotReady(
-                    f"model '{spec.name}' is not ready on pool '{where.pool}' ({where.backend})"
-                    + (f": {reason}" if reason else ""),
-                    retry_after_s=1.0,
-                )
-            result = await self.queues[spec.name].submit(request.inputs, ticket)
+            await self.fleet.settled()
+            ready, reason = self.fleet.status(spec.name)
+            if not ready:
+                raise ModelNotReady(f"model '{spec.name}' is not ready: {reason}",
+                                    retry_after_s=1.0)
+            item = WorkItem(request_id, request.inputs, ticket.onprem_only)
+            result, pool = await self.queues[spec.name].submit(item, ticket)
             if isinstance(result, ServingError):
                 raise result
             ok = True
@@ -211,12 +161,13 @@ class DataPlane:
             return InferResult(
                 model=spec.name,
                 version=spec.version,
-                # KServe's clients require an id: generate one when the request has none.
-                id=request.id or uuid.uuid4().hex,
+                id=request_id,
                 outputs={name: result[name] for name in wanted},
+                pool=pool,
             )
         finally:
-            metrics.SLO.labels(spec.name, ticket.slo_class, "met" if met else "missed").inc()
+            result_label = "met" if met else "missed"
+            metrics.SLO.labels(spec.name, ticket.slo_class, pool, result_label).inc()
             inferences = rows(request.inputs) if spec.max_batch_size > 0 else 1
             self.stats[spec.name].request(ok, time.monotonic() - ticket.arrival, inferences)
 

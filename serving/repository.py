@@ -141,6 +141,7 @@ def load_repository(config: GatewayConfig) -> dict[str, ModelSpec]:
     """Every configured model's spec, cross-checked against the gateway's SLO classes."""
     specs = {name: load_model_spec(config.model_repository, name) for name in config.models}
     for spec in specs.values():
+        config.pools_for(spec)  # ConfigError if its residency leaves it no pool
         if spec.default_slo_class and spec.default_slo_class not in config.slo_classes:
             raise ConfigError(
                 f"model '{spec.name}': default_slo_class='{spec.default_slo_class}' is not one "

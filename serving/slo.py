@@ -1,11 +1,13 @@
-"""SLO classes → per-request deadline and priority.
+"""SLO classes → per-request deadline and priority; data residency.
 
 A request names its class with the ``x-slo-class`` header or OIP ``parameters.slo_class``
 (else the model's default, else the gateway's). Its deadline is arrival + the class latency,
 shortened — never lengthened — by ``parameters.timeout`` (microseconds, Triton's name) or a
 transport deadline (gRPC). ``parameters.priority`` may lower its importance within the class
 (larger number = less important) but never raise it above the class's, so a client cannot
-jump the queue by asking.
+jump the queue by asking. Residency works the same way: a request may keep its data
+on-prem (``parameters.residency`` or the ``x-data-residency`` header: ``onprem``), never send
+off-site what its model keeps on-prem.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from serving.config import GatewayConfig, ModelSpec
 from serving.errors import InvalidRequest
 
 HEADER = "x-slo-class"
+RESIDENCY_HEADER = "x-data-residency"
+RESIDENCIES = ("any", "onprem")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +32,7 @@ class Ticket:
     priority: int
     arrival: float
     deadline: float
+    onprem_only: bool = False  # its data must never reach a cloud pool
 
     @property
     def budget_s(self) -> float:
@@ -66,8 +71,10 @@ class SLOPolicy:
         header_class: str | None,
         now: float,
         transport_deadline: float | None = None,
+        header_residency: str | None = None,
     ) -> Ticket:
-        """The request's ticket; :class:`InvalidRequest` names the known classes if unknown."""
+        """The request's ticket; :class:`InvalidRequest` names the known classes (or
+        residencies) if it asks for an unknown one."""
         name = parameters.get("slo_class") or header_class or spec.default_slo_class or self.default
         slo = self.classes.get(name) if isinstance(name, str) else None
         if slo is None:
@@ -82,4 +89,13 @@ class SLOPolicy:
             deadline = min(deadline, transport_deadline)
         requested = _number(parameters, "priority")
         priority = slo.priority if requested is None else max(slo.priority, int(requested))
-        return Ticket(slo_class=name, priority=priority, arrival=now, deadline=deadline)
+        onprem_only = spec.residency == "onprem"
+        for asked in (parameters.get("residency"), header_residency):
+            if asked is None:
+                continue
+            if asked not in RESIDENCIES:
+                raise InvalidRequest(
+                    f"unknown data residency {asked!r:.40} (known: {', '.join(RESIDENCIES)})"
+                )
+            onprem_only = onprem_only or asked == "onprem"  # tighten, never loosen
+        return Ticket(name, priority, now, deadline, onprem_only)

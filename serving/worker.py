@@ -7,7 +7,10 @@ deployment in :mod:`serving.deployments` only wraps it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -15,19 +18,31 @@ from serving.batching.merge import group_compatible, merge, split
 from serving.config import ModelSpec, TensorSpec
 from serving.errors import BackendError, ModelNotReady, ServingError
 from serving.protocol.tensors import DATATYPES
-from serving.runtimes.base import Runtime, Tensors
+from serving.runtimes.base import Runtime
+from serving.types import Tensors, WorkItem
 
 logger = logging.getLogger(__name__)
 Result = Tensors | ServingError
+RECENT_IDS = 4096  # request ids a worker remembers (which pool ran what)
 
 
 class Worker:
-    """Executes batches of requests on one runtime; one result (or error) per request."""
+    """Executes batches of requests on one runtime; one result (or error) per request.
 
-    def __init__(self, runtime: Runtime) -> None:
+    ``cloud``: this worker runs off-site, so it refuses any request whose data must stay
+    on-prem (the gateway never sends one; this is a second line of defence).
+    ``one_at_a_time``: batches execute one after another (a device that runs one batch at a
+    time, as emulated pools do); execution times then exclude the wait for the device.
+    """
+
+    def __init__(self, runtime: Runtime, *, cloud: bool = False,
+                 one_at_a_time: bool = False) -> None:
         self.runtime = runtime
+        self.cloud = cloud
         self.max_rows = max(runtime.spec.max_batch_size, 1)
         self.failure: str | None = None  # why the model could not be loaded
+        self.recent_ids: deque[str] = deque(maxlen=RECENT_IDS)
+        self._device = threading.Lock() if one_at_a_time else nullcontext()
 
     def start(self) -> None:
         """Load the model. A load failure does not raise: the worker stays up, not ready,
@@ -71,15 +86,21 @@ class Worker:
             batch *= 2
         return samples
 
-    def infer_batch(self, batch: list[Tensors]) -> tuple[list[Result], float]:
-        """Run every request of ``batch``; return results in order and total execution seconds.
+    def infer_batch(self, items: list[WorkItem]) -> tuple[list[Result], float]:
+        """Run every request of ``items``; return results in order and total execution seconds.
 
         Compatible requests share one execution. If a shared execution fails, its requests
         are retried one by one so that only the request at fault gets the error.
         """
+        self.recent_ids.extend(item.id for item in items)
         if self.failure is not None:
             error = ModelNotReady(self.status()[1], retry_after_s=1.0)
-            return [error] * len(batch), 0.0
+            return [error] * len(items), 0.0
+        if self.cloud and any(item.onprem_only for item in items):
+            return self._refuse_onprem_only(items)
+        return self._run([item.inputs for item in items])
+
+    def _run(self, batch: list[Tensors]) -> tuple[list[Result], float]:
         results: list[Result | None] = [None] * len(batch)
         elapsed = 0.0
         for group in group_compatible(batch, self.max_rows):
@@ -103,16 +124,30 @@ class Worker:
                         results[index] = single_error
         return [r for r in results if r is not None], elapsed
 
+    def _refuse_onprem_only(self, items: list[WorkItem]) -> tuple[list[Result], float]:
+        refused = [item.id for item in items if item.onprem_only]
+        logger.error("cloud worker for model '%s' refused on-prem-only requests %s",
+                     self.runtime.spec.name, refused)
+        error = BackendError(
+            f"model '{self.runtime.spec.name}': a cloud worker refused a request whose data "
+            "must stay on-prem"
+        )
+        kept = [item.inputs for item in items if not item.onprem_only]
+        kept_results, seconds = self._run(kept) if kept else ([], 0.0)
+        answers = iter(kept_results)
+        return [error if item.onprem_only else next(answers) for item in items], seconds
+
     def _execute(self, requests: list[Tensors]) -> tuple[list[Tensors], float]:
         merged, counts = merge(requests)
-        start = time.perf_counter()
-        try:
-            outputs = self.runtime.infer(merged)
-        except ServingError:
-            raise
-        except Exception as exc:  # a runtime bug must not take the replica down
-            raise BackendError(f"model '{self.runtime.spec.name}' failed: {exc}") from exc
-        seconds = time.perf_counter() - start
+        with self._device:
+            start = time.perf_counter()
+            try:
+                outputs = self.runtime.infer(merged)
+            except ServingError:
+                raise
+            except Exception as exc:  # a runtime bug must not take the replica down
+                raise BackendError(f"model '{self.runtime.spec.name}' failed: {exc}") from exc
+            seconds = time.perf_counter() - start
         expected = sum(counts)
         for name, array in outputs.items():
             if self.runtime.spec.max_batch_size > 0 and array.shape[0] != expected:

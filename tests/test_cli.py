@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
 
-from serving.cli import FAST_INGRESS, check_config, launch_env
+from serving.cli import FAST_INGRESS, check_config, launch_env, pool_resources
 
 from .conftest import ROOT, unloadable_copy
 
@@ -55,3 +56,13 @@ def test_a_model_onnx_runtime_cannot_load_stops_the_start(tmp_path: Path,
     path.write_text(yaml.safe_dump(document))
     (problem,) = check_config(path)
     assert "model 'digits'" in problem and "Unsupported model IR version: 14" in problem
+
+
+def test_one_machine_declares_a_resource_for_every_pool_of_the_config() -> None:
+    path = ROOT / "configs" / "hybrid.yaml"
+    resources = pool_resources(path)
+    assert set(resources) == {"onprem-gpu", "onprem-cpu", "cloud-gpu"}
+    env = launch_env(fast_ingress=True, base={"RAY_OVERRIDE_RESOURCES": '{"mine": 2}'},
+                     resources=resources)
+    declared = json.loads(env["RAY_OVERRIDE_RESOURCES"])
+    assert declared == {**resources, "mine": 2}  # what the user declared is kept

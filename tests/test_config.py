@@ -40,6 +40,19 @@ def test_defaults_are_valid(model_repository: Path) -> None:
         ({"models": ["digits"], "pools": {"t": {"runtime": "triton",
                                                 "triton_url": "http://x:1"}}},
          ["pools.t.triton_url", "http://x:1"]),
+        ({"models": ["digits"], "pools": {"c": {"location": "cloud", "power_w": 300}}},
+         ["pools.c", "location='cloud' with power_w=300", "price_per_hour only"]),
+        ({"models": ["digits"], "pools": {"o": {"price_per_hour": 4.1}}},
+         ["pools.o", "location='onprem' with price_per_hour=4.1"]),
+        ({"models": ["digits"], "pools": {"o": {"power_w": 300, "idle_power_w": 400}}},
+         ["pools.o", "idle_power_w=400.0 exceeds power_w=300.0"]),
+        ({"models": ["digits"], "pools": {"t": {"runtime": "triton", "triton_url": "x:1",
+                                                "emulate": {"base_ms": 1, "per_row_ms": 1}}}},
+         ["pools.t", "emulate needs runtime='onnx'"]),
+        ({"models": ["digits"], "pools": {"o": {}}, "model_pools": {"digits": ["gpu"]}},
+         ["model_pools.digits=['gpu']", "['o']"]),
+        ({"models": ["digits"], "model_pools": {"minilm": ["onprem-cpu"]}},
+         ["model_pools names model 'minilm'"]),
     ],
 )
 def test_bad_gateway_config_names_field_and_value(args: dict, fragments: list[str]) -> None:
@@ -56,3 +69,22 @@ def test_shipped_configs_validate(path: Path, model_repository: Path) -> None:
         args = dict(app["args"], model_repository=ROOT / app["args"]["model_repository"])
         specs = load_repository(parse_gateway_config(args))
         assert set(specs) == set(args["models"])
+
+
+def test_a_model_is_served_on_every_pool_its_residency_allows(model_repository) -> None:
+    config = parse_gateway_config({
+        "models": ["digits", "resnet18"], "model_repository": model_repository,
+        "pools": {"onprem-gpu": {}, "cloud-gpu": {"location": "cloud"}, "onprem-cpu": {}},
+        "model_pools": {"digits": ["cloud-gpu", "onprem-gpu"]}})
+    specs = load_repository(config)
+    assert list(config.pools_for(specs["digits"])) == ["cloud-gpu", "onprem-gpu"]
+    # resnet18 keeps its data on-prem: never deployed to a cloud pool.
+    assert list(config.pools_for(specs["resnet18"])) == ["onprem-gpu", "onprem-cpu"]
+
+
+def test_an_on_prem_model_with_only_cloud_pools_stops_the_start(model_repository) -> None:
+    config = parse_gateway_config({
+        "models": ["resnet18"], "model_repository": model_repository,
+        "pools": {"cloud-gpu": {"location": "cloud"}}})
+    with pytest.raises(ConfigError, match="residency 'onprem' but none of its pools"):
+        load_repository(config)

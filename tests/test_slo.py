@@ -52,3 +52,17 @@ def test_bad_timeout_or_priority_is_a_bad_request(key: str, value) -> None:
     # JSON's 1e400 arrives as infinity; int(inf) used to raise OverflowError (a 500).
     with pytest.raises(InvalidRequest, match=f"parameters.{key} must be a finite"):
         ticket({key: value})
+
+
+def test_residency_from_the_model_parameter_or_header_only_tightens() -> None:
+    assert not ticket().onprem_only
+    assert ticket({"residency": "onprem"}).onprem_only
+    assert ticket(header_residency="onprem").onprem_only
+    onprem_model = SPEC.model_copy(update={"residency": "onprem"})
+    assert ticket({"residency": "any"}, spec=onprem_model).onprem_only  # cannot loosen
+
+
+@pytest.mark.parametrize("value", ["cloud", "eu-west", 1])
+def test_unknown_residency_is_a_bad_request(value) -> None:
+    with pytest.raises(InvalidRequest, match="unknown data residency .*any, onprem"):
+        ticket({"residency": value})

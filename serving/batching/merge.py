@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-Tensors = dict[str, np.ndarray]
+from serving.types import Tensors
 
 
 def rows(request: Tensors) -> int:

@@ -34,9 +34,11 @@ from serving.errors import (
     Unimplemented,
 )
 from serving.protocol import tensors
-from serving.protocol.types import InferRequest, InferResult, MetadataTensor
+from serving.protocol.types import MetadataTensor
 from serving.slo import HEADER as SLO_HEADER
+from serving.slo import RESIDENCY_HEADER
 from serving.telemetry import metrics
+from serving.types import InferRequest, InferResult
 
 logger = logging.getLogger(__name__)
 
@@ -322,6 +324,7 @@ class GrpcAdapter:
                 )
             infer_request = decode_infer_request(request)
             infer_request.slo_class = call.metadata.get(SLO_HEADER)
+            infer_request.residency = call.metadata.get(RESIDENCY_HEADER)
             infer_request.deadline = call.deadline
             result = await self.dataplane.infer(infer_request)
             return encode_infer_response(result)

@@ -22,9 +22,11 @@ from starlette.responses import Response
 from serving.dataplane import DataPlane
 from serving.errors import InvalidRequest, PayloadTooLarge, ServingError
 from serving.protocol import tensors
-from serving.protocol.types import InferenceRequest, InferRequest, InferResult
+from serving.protocol.types import InferenceRequest
 from serving.slo import HEADER as SLO_HEADER
+from serving.slo import RESIDENCY_HEADER
 from serving.telemetry import metrics
+from serving.types import InferRequest, InferResult
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +125,7 @@ class RestAdapter:
         return json_response(self.dataplane.statistics(model, version))
 
     async def metrics(self, request: Request) -> Response:
-        body, content_type = metrics.exposition()
+        body, content_type = self.dataplane.metrics()
         return Response(body, media_type=content_type)
 
     async def infer(self, request: Request, model: str, version: str | None) -> Response:
@@ -133,6 +135,7 @@ class RestAdapter:
                 body, request.headers.get(HEADER_LENGTH), model, version
             )
             infer_request.slo_class = request.headers.get(SLO_HEADER)
+            infer_request.residency = request.headers.get(RESIDENCY_HEADER)
             result = await self.dataplane.infer(infer_request)
             return encode_infer_response(result, binary_outputs)
 

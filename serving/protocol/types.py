@@ -1,15 +1,13 @@
-"""Open Inference Protocol (KServe v2) request/response bodies, and the data plane's own types.
+"""Open Inference Protocol (KServe v2) request and response bodies, as pydantic models.
 
-The pydantic models mirror the protocol's JSON; :class:`InferRequest` / :class:`InferResult`
-are what the data plane works on: numpy tensors, no protocol details.
+They mirror the protocol's JSON and are used only by the adapters; the data plane works on
+:mod:`serving.types`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
 Parameters = dict[str, Any]
@@ -57,27 +55,3 @@ class MetadataServerResponse(_Message):
     name: str
     version: str
     extensions: list[str]
-
-
-@dataclass(slots=True)
-class InferRequest:
-    """A decoded, protocol-free inference request."""
-
-    model: str
-    inputs: dict[str, np.ndarray]
-    version: str | None = None
-    id: str | None = None
-    outputs: list[str] | None = None  # requested output names; None means all
-    parameters: Parameters = field(default_factory=dict)
-    slo_class: str | None = None  # from the transport (x-slo-class header / gRPC metadata)
-    deadline: float | None = None  # transport deadline, time.monotonic() seconds
-
-
-@dataclass(slots=True)
-class InferResult:
-    """Outputs for one request, in the model's output order (or the requested order)."""
-
-    model: str
-    version: str
-    outputs: dict[str, np.ndarray]
-    id: str | None = None

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-import numpy as np
-
 from serving.config import ModelSpec, TensorSpec
 from serving.errors import ConfigError
-
-Tensors = dict[str, np.ndarray]
+from serving.types import Tensors
 
 
 class Runtime(ABC):

@@ -11,7 +11,8 @@ import onnxruntime as ort
 
 from serving.config import ModelSpec, TensorSpec
 from serving.errors import BackendError, ConfigError, InvalidRequest, ServingError
-from serving.runtimes.base import Runtime, Tensors
+from serving.runtimes.base import Runtime
+from serving.types import Tensors
 
 logger = logging.getLogger(__name__)
 

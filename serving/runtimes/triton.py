@@ -23,7 +23,8 @@ from tritonclient.utils import InferenceServerException
 from serving.config import ModelSpec, TensorSpec
 from serving.errors import ConfigError, InvalidRequest, ModelNotReady, ServingError
 from serving.protocol.tensors import oip_datatype
-from serving.runtimes.base import Runtime, Tensors
+from serving.runtimes.base import Runtime
+from serving.types import Tensors
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -70,8 +70,59 @@ REJECTIONS = Counter(
 SLO = Counter(
     "serving_slo_requests",
     "Requests that reached SLO admission, by whether they were answered within their "
-    "deadline (result=met) or not (missed: rejected, timed out, failed or late).",
-    ["model", "slo_class", "result"],
+    "deadline (result=met) or not (missed: rejected, timed out, failed or late), and the "
+    "pool that ran them (none if none did).",
+    ["model", "slo_class", "pool", "result"],
+    registry=REGISTRY,
+)
+NO_POOL = "none"  # pool label of a request no pool ran (refused, expired in the queue)
+POOL_ROWS = Counter(
+    "serving_pool_rows",
+    "Rows sent to each pool, by model.",
+    ["model", "pool"],
+    registry=REGISTRY,
+)
+COST = Counter(
+    "serving_cost_dollars",
+    "Dollars accrued by each pool: cloud replica-hours at price_per_hour; on-prem energy "
+    "(busy and idle, times PUE) at energy_price_per_kwh plus capex_per_hour.",
+    ["pool"],
+    registry=REGISTRY,
+)
+ENERGY = Counter(
+    "serving_energy_joules",
+    "Energy drawn by each on-prem pool's replicas, busy and idle, times PUE.",
+    ["pool"],
+    registry=REGISTRY,
+)
+POOL_INFO = Gauge(
+    "serving_pool_info",
+    "1 for each pool, labelled with what it is (emulated pools say so).",
+    ["pool", "location", "device", "runtime", "emulated"],
+    registry=REGISTRY,
+)
+POOL_IN_FLIGHT = Gauge(
+    "serving_pool_batches_in_flight",
+    "Batches a gateway replica has sent to a (model, pool) and not had back.",
+    ["pool", "model"],
+    registry=REGISTRY,
+)
+POOL_READY = Gauge(
+    "serving_pool_ready",
+    "1 while a (model, pool) is routed to (its replicas answer), else 0.",
+    ["pool", "model"],
+    registry=REGISTRY,
+)
+POOL_NOT_READY = Counter(
+    "serving_pool_not_ready",
+    "Times a (model, pool) was found not ready (a probe or a batch failed).",
+    ["pool", "model"],
+    registry=REGISTRY,
+)
+POOL_REPLICAS = Gauge(
+    "serving_pool_replicas",
+    "Replicas of each (model, pool): running, as Ray Serve reports them.",
+    ["pool", "model", "state"],
     registry=REGISTRY,
 )
 LATENCY_MODEL = Gauge(
@@ -87,6 +138,7 @@ def observe_batch(model: str, pool: str, rows: int, exec_s: float, latency: Any)
     """Record one executed batch and the latency model's current fit."""
     BATCH_EXECUTION.labels(model, pool).observe(exec_s)
     BATCH_SIZE.labels(model, pool).observe(rows)
+    POOL_ROWS.labels(model, pool).inc(rows)
     for parameter in ("intercept_s", "slope_s", "overhead_s", "abs_error_s"):
         LATENCY_MODEL.labels(model, pool, parameter).set(getattr(latency, parameter))
 

@@ -1,5 +1,7 @@
-"""One real Ray Serve application per test session, started from ``build_app`` like
-``serve run`` does, with the project's fast ingress (HAProxy + direct ingress)."""
+"""One real Ray cluster and Ray Serve instance per test session: a head node and two worker
+nodes in this process (``ray.cluster_utils.Cluster``), each declaring the pool resources of
+one location, and a gateway application started from ``build_app`` like ``serve run`` does,
+with the project's fast ingress (HAProxy + direct ingress)."""
 
 from __future__ import annotations
 
@@ -43,18 +45,31 @@ def wait_ready(url: str, timeout_s: float, *, process=None) -> None:
     pytest.fail(f"gateway at {url} not ready after {timeout_s}s: {last}")
 
 
+# The pools each node of the session's cluster hosts (a Ray custom resource per pool).
+HEAD_POOLS = ("onprem-cpu", "triton-cpu")
+ONPREM_POOLS = ("onprem-gpu",)
+CLOUD_POOLS = ("cloud-gpu", "cloud-spot")
+
+
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[None]:
+def ray_cluster() -> Iterator[dict[str, str]]:
+    """Node ids by role: ``head`` (the gateway and the CPU pools), ``onprem`` and
+    ``cloud`` (worker nodes declaring only their location's pool resources)."""
     import ray
+    from ray.cluster_utils import Cluster
 
-    ray.init(address="local", include_dashboard=False, logging_level="warning",
-             log_to_driver=False)
-    yield
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "resources": dict.fromkeys(HEAD_POOLS, 1), "include_dashboard": False})
+    onprem = cluster.add_node(num_cpus=1, resources=dict.fromkeys(ONPREM_POOLS, 1))
+    cloud = cluster.add_node(num_cpus=1, resources=dict.fromkeys(CLOUD_POOLS, 1))
+    ray.init(address=cluster.address, logging_level="warning", log_to_driver=False)
+    yield {"head": cluster.head_node.node_id, "onprem": onprem.node_id, "cloud": cloud.node_id}
     ray.shutdown()
+    cluster.shutdown()
 
 
 @pytest.fixture(scope="session")
-def gateway(ray_cluster: None, model_repository: Path) -> Iterator[dict[str, str]]:
+def gateway(ray_cluster: dict[str, str], model_repository: Path) -> Iterator[dict[str, str]]:
     """``{"http": host:port, "grpc": host:port}`` of a gateway serving the three built-in
     models and Triton's example models."""
     from ray import serve
@@ -64,6 +79,7 @@ def gateway(ray_cluster: None, model_repository: Path) -> Iterator[dict[str, str
 
     port, grpc_port = free_port(), free_port()
     serve.start(
+        proxy_location="HeadOnly",
         http_options={"host": "127.0.0.1", "port": port},
         grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]},
     )

@@ -17,12 +17,15 @@ pytestmark = pytest.mark.integration
 
 
 def slo_count(http: httpx.Client, slo_class: str, result: str) -> float:
-    prefix = (f'serving_slo_requests_total{{model="resnet18",result="{result}",'
-              f'slo_class="{slo_class}"}}')
+    """Requests of ``slo_class`` with ``result``, summed over the pools that ran them."""
+    labels = {'model="resnet18"', f'result="{result}"', f'slo_class="{slo_class}"'}
+    total = 0.0
     for line in http.get("/metrics").text.splitlines():
-        if line.startswith(prefix):
-            return float(line.split()[-1])
-    return 0.0
+        if line.startswith("serving_slo_requests_total{"):
+            found = set(line[line.index("{") + 1:line.index("}")].split(","))
+            if labels <= found:
+                total += float(line.split()[-1])
+    return total
 
 
 @pytest.fixture(scope="module")

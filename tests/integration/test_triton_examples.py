@@ -302,7 +302,10 @@ def test_streaming_inference_is_unimplemented(grpc_url: str) -> None:
     client.start_stream(callback=lambda result, error: answers.put(error or result))
     try:
         inputs, _ = simple_io(grpcclient)
-        client.async_stream_infer("simple", inputs)
+        try:
+            client.async_stream_infer("simple", inputs)
+        except InferenceServerException:
+            pass  # the server may have ended the stream already; its status is below
         error = answers.get(timeout=30)
     finally:
         client.stop_stream()

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from serving.config import parse_gateway_config
-from serving.dataplane import Placement
 from serving.repository import load_repository
 from serving.runtimes.onnx import OnnxRuntime
 from serving.worker import Worker
@@ -16,7 +15,7 @@ MODELS = ["digits", "minilm", "simple", "simple_string", "simple_identity"]
 
 
 class InProcessWorkers:
-    """Real workers in this process, standing in for Ray handles."""
+    """Real workers in this process, standing in for Ray handles (one pool per model)."""
 
     def __init__(self, specs) -> None:
         self.workers = {name: Worker(OnnxRuntime(spec)) for name, spec in specs.items()}
@@ -24,20 +23,17 @@ class InProcessWorkers:
             worker.start()
         self.is_ready = True
 
-    async def infer(self, model, batch):
-        return self.workers[model].infer_batch(batch)
+    async def infer(self, model, pool, items):
+        return self.workers[model].infer_batch(items)
 
-    async def profile(self, model):
-        return self.workers[model].profile(max_seconds=0.2)
+    async def profile(self, model, pool):
+        return [(1, 0.0002), (8, 0.0004)]  # a profile's shape; the real one is tested apart
 
-    async def ready(self, model) -> bool:
-        return self.is_ready
+    async def status(self, model, pool) -> tuple[bool, str]:
+        return (True, "") if self.is_ready else (False, "the test said so")
 
-    def reason(self, model) -> str:
-        return "" if self.is_ready else "the test said so"
-
-    def placement(self, model) -> Placement:
-        return Placement("in-process", replicas=1, slots_per_replica=1)
+    async def replicas(self):
+        return {}
 
 
 @pytest.fixture(scope="module")
@@ -45,5 +41,3 @@ def workers(model_repository: Path) -> InProcessWorkers:
     config = parse_gateway_config({"models": MODELS,
                                    "model_repository": model_repository})
     return InProcessWorkers(load_repository(config))
-
-

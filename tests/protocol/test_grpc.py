@@ -38,22 +38,23 @@ def run(workers: InProcessWorkers, model_repository: Path):
     specs = load_repository(config)
     workers.is_ready = True
 
-    def many(calls: list[tuple[str, object]]) -> list[tuple[object, tuple[str, str] | None]]:
+    def many(calls: list[tuple[str, object, Call]]) -> list[tuple[object, tuple | None]]:
         async def go():
             # A fresh data plane per event loop: its queues belong to the loop that made them.
-            adapter = GrpcAdapter(DataPlane(config, specs, workers), max_request_bytes=LIMIT)
-            return [await adapter.handle(method, request, Call()) for method, request in calls]
+            dataplane = DataPlane(config, specs, workers)
+            dataplane.start()
+            adapter = GrpcAdapter(dataplane, max_request_bytes=LIMIT)
+            try:
+                return [await adapter.handle(method, request, transport)
+                        for method, request, transport in calls]
+            finally:
+                await dataplane.stop()
 
         return [(response, None if error is None else (grpc_status_name(error), error.message))
                 for response, error in asyncio.run(go())]
 
     def call(method: str, request, transport: Call | None = None):
-        async def go():
-            adapter = GrpcAdapter(DataPlane(config, specs, workers), max_request_bytes=LIMIT)
-            return await adapter.handle(method, request, transport or Call())
-
-        response, error = asyncio.run(go())
-        return response, (None if error is None else (grpc_status_name(error), error.message))
+        return many([(method, request, transport or Call())])[0]
 
     call.many = many
     return call
@@ -264,10 +265,10 @@ def test_regression_a_huge_dimension_is_invalid_argument(run) -> None:
 
 def test_model_statistics(run) -> None:
     (_, error), (response, _), (every, _), (_, missing) = run.many([
-        ("ModelInfer", client_request("digits", {"input": digits_input(3)})),
-        ("ModelStatistics", pb.ModelStatisticsRequest(name="digits")),
-        ("ModelStatistics", pb.ModelStatisticsRequest()),
-        ("ModelStatistics", pb.ModelStatisticsRequest(name="nope")),
+        ("ModelInfer", client_request("digits", {"input": digits_input(3)}), Call()),
+        ("ModelStatistics", pb.ModelStatisticsRequest(name="digits"), Call()),
+        ("ModelStatistics", pb.ModelStatisticsRequest(), Call()),
+        ("ModelStatistics", pb.ModelStatisticsRequest(name="nope"), Call()),
     ])
     assert error is None
     (stats,) = response.model_stats

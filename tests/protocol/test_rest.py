@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,20 +25,38 @@ from .conftest import MODELS, InProcessWorkers
 LIMIT = 1 << 20
 
 
+REFRESH = "/_test/refresh"  # this test app's own route: refresh the pools' state now
+
+
 @pytest.fixture
-def client(workers: InProcessWorkers, model_repository: Path) -> TestClient:
+def client(workers: InProcessWorkers, model_repository: Path) -> Iterator[TestClient]:
     config = parse_gateway_config({"models": MODELS,
                                    "model_repository": model_repository,
                                    "max_request_bytes": LIMIT})
-    adapter = RestAdapter(DataPlane(config, load_repository(config), workers),
-                          max_request_bytes=LIMIT)
+    dataplane = DataPlane(config, load_repository(config), workers)
+    adapter = RestAdapter(dataplane, max_request_bytes=LIMIT)
 
     async def app(scope, receive, send):
+        if scope["type"] == "lifespan":  # the data plane lives on the client's event loop
+            while (await receive())["type"] != "lifespan.shutdown":
+                dataplane.start()
+                await send({"type": "lifespan.startup.complete"})
+            await dataplane.stop()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["path"] == REFRESH:
+            await dataplane.fleet.refresh()
         response = await adapter.handle(Request(scope, receive))
         await response(scope, receive, send)
 
     workers.is_ready = True
-    return TestClient(app)
+    with TestClient(app) as client:
+        yield client
+
+
+def not_ready(client: TestClient, workers: InProcessWorkers) -> None:
+    workers.is_ready = False
+    client.get(REFRESH)
 
 
 def digits_input(rows: int = 2) -> np.ndarray:
@@ -116,13 +135,13 @@ def test_metadata_health_and_readiness(client, workers) -> None:
     meta = client.get("/v2/models/minilm").json()
     assert [i["name"] for i in meta["inputs"]] == ["input_ids", "attention_mask"]
     assert client.get("/v2/models/minilm/versions/1/ready").status_code == 200
-    workers.is_ready = False
+    not_ready(client, workers)
     response = client.get("/v2/models/minilm/ready")
     assert response.status_code == 503
-    assert response.json() == {"name": "minilm", "ready": False, "reason": "the test said so"}
+    reason = "pool 'onprem-cpu': the test said so"
+    assert response.json() == {"name": "minilm", "ready": False, "reason": reason}
     response = client.get("/v2/health/ready")
-    assert response.status_code == 503 and response.json()["models"]["digits"] == \
-        "the test said so"
+    assert response.status_code == 503 and response.json()["models"]["digits"] == reason
 
 
 def _truncated() -> tuple[bytes, dict]:
@@ -243,12 +262,12 @@ def test_metrics_count_requests_by_model_and_outcome(client) -> None:
     assert "serving_request_duration_seconds_bucket" in client.get("/metrics").text
 
 
-def test_not_ready_model_is_refused_naming_pool_and_backend(client, workers) -> None:
-    workers.is_ready = False
+def test_not_ready_model_is_refused_naming_pool_and_reason(client, workers) -> None:
+    not_ready(client, workers)
     response = client.post("/v2/models/digits/infer", json=json_body(digits_input()))
     assert response.status_code == 503
     assert response.json()["error"] == (
-        "model 'digits' is not ready on pool 'in-process' (ONNX Runtime): the test said so")
+        "model 'digits' is not ready: pool 'onprem-cpu': the test said so")
     assert response.headers["retry-after"] == "1"
 
 

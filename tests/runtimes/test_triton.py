@@ -16,6 +16,7 @@ from serving.repository import load_model_spec
 from serving.runtimes.onnx import OnnxRuntime
 from serving.runtimes.triton import TritonRuntime
 from serving.tritonserver import TritonServer
+from serving.types import WorkItem
 from serving.worker import Worker
 
 from ..conftest import free_port
@@ -58,8 +59,9 @@ def test_same_outputs_as_onnx_runtime(server, model_repository, model: str) -> N
         else:
             batch = [{"input_ids": rng.integers(100, 2000, (n, 16)).astype(np.int64),
                       "attention_mask": np.ones((n, 16), np.int64)} for n in (2, 1)]
-        got, seconds = remote.infer_batch(batch)
-        want, _ = local.infer_batch(batch)
+        items = [WorkItem(str(i), inputs) for i, inputs in enumerate(batch)]
+        got, seconds = remote.infer_batch(items)
+        want, _ = local.infer_batch(items)
         assert seconds > 0
         for g, w in zip(got, want, strict=True):
             assert g.keys() == w.keys()

@@ -9,9 +9,9 @@ import grpc
 import numpy as np
 import pytest
 
-from serving.config import GatewayConfig
-from serving.deployments import BY_VALUE_MAX_BYTES, RayWorkers
 from serving.errors import ModelNotReady
+from serving.types import WorkItem
+from serving.workers import BY_VALUE_MAX_BYTES, RayWorkers
 
 
 def rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
@@ -34,13 +34,13 @@ class FakeHandle:
     def infer_batch(self) -> FakeHandle:
         return self
 
-    def remote(self, batch):
+    def remote(self, items):
         self.calls.append(self.name)
 
         async def answer():
             if self.error is not None:
                 raise self.error
-            return [{"y": request["x"] * 2} for request in batch], 0.001
+            return [{"y": item.inputs["x"] * 2} for item in items], 0.001
 
         return answer()
 
@@ -49,19 +49,18 @@ def workers(by_value_error: Exception | None = None) -> tuple[RayWorkers, list[s
     calls: list[str] = []
     handle = FakeHandle("by-reference", calls)
     handle.by_value = FakeHandle("by-value", calls, by_value_error)
-    config = GatewayConfig(models=["m"], model_repository="models")
-    return RayWorkers({"m": {"onprem-cpu": handle}}, config), calls
+    return RayWorkers({"m": {"onprem-cpu": handle}}, timeout_s=30), calls
 
 
-def batch(nbytes: int) -> list[dict[str, np.ndarray]]:
-    return [{"x": np.ones(nbytes // 4, np.float32)}]
+def batch(nbytes: int) -> list[WorkItem]:
+    return [WorkItem("r", {"x": np.ones(nbytes // 4, np.float32)})]
 
 
 def test_small_batches_go_by_value_large_ones_through_the_object_store() -> None:
     ray_workers, calls = workers()
-    results, _ = asyncio.run(ray_workers.infer("m", batch(1024)))
+    results, _ = asyncio.run(ray_workers.infer("m", "onprem-cpu", batch(1024)))
     assert calls == ["by-value"] and results[0]["y"][0] == 2
-    asyncio.run(ray_workers.infer("m", batch(BY_VALUE_MAX_BYTES + 4)))
+    asyncio.run(ray_workers.infer("m", "onprem-cpu", batch(BY_VALUE_MAX_BYTES + 4)))
     assert calls == ["by-value", "by-reference"]
 
 
@@ -69,12 +68,12 @@ def test_regression_a_reply_over_the_grpc_limit_is_sent_again_by_reference() -> 
     # A batch of large images came back RESOURCE_EXHAUSTED (gRPC's 4 MiB message limit)
     # and reached clients as 503s while the model was healthy.
     ray_workers, calls = workers(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED))
-    results, _ = asyncio.run(ray_workers.infer("m", batch(1024)))
+    results, _ = asyncio.run(ray_workers.infer("m", "onprem-cpu", batch(1024)))
     assert calls == ["by-value", "by-reference"] and results[0]["y"][0] == 2
 
 
 def test_a_broken_channel_means_the_model_is_not_ready() -> None:
     ray_workers, calls = workers(rpc_error(grpc.StatusCode.UNAVAILABLE))
     with pytest.raises(ModelNotReady, match="no worker for model 'm' on pool 'onprem-cpu'"):
-        asyncio.run(ray_workers.infer("m", batch(1024)))
+        asyncio.run(ray_workers.infer("m", "onprem-cpu", batch(1024)))
     assert calls == ["by-value"]

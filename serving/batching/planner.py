@@ -1,0 +1,175 @@
+"""The decisions of one model's queue: admission, expiry, and the next batch.
+
+Plain logic with an explicit ``now`` (no asyncio), unit-tested with a fake clock; the
+:class:`~serving.batching.queue.BatchQueue` runs it on the event loop.
+
+Order: priority first, then earliest deadline (EDF). Requests that can no longer make their
+deadline on any pool they may use are answered at once (504), never executed; requests whose
+predicted completion is already too late on every pool they may use are rejected on arrival
+(503 + Retry-After). The queue is bounded: when full, a more important arrival evicts the
+least important queued request, otherwise it is rejected. Which pool runs the next batch,
+and which requests go in it, is the :class:`~serving.routing.router.Router`'s decision.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+
+from serving.batching.entry import Entry
+from serving.errors import Overloaded
+from serving.routing.pools import Dispatch, PoolState
+from serving.routing.router import Router, may_run
+
+
+@dataclass(slots=True)
+class Plan:
+    batch: list[Entry]
+    pool: PoolState | None  # where ``batch`` goes
+    expired: list[Entry]
+    wake_at: float | None  # when to plan again if nothing else happens
+    dispatch: Dispatch | None = None  # the pool's token for ``batch``
+
+
+class BatchPlanner:
+    """Admission, expiry and dispatch decisions for one model's queue across its pools."""
+
+    def __init__(
+        self,
+        pools: list[PoolState],
+        *,
+        max_rows: int,
+        max_queued: int,
+        safety_s: float = 0.001,
+    ) -> None:
+        if min(max_rows, max_queued) < 1:
+            raise ValueError(f"max_rows={max_rows} and max_queued={max_queued} must be >= 1")
+        self.pools = pools
+        self.router = Router(pools, max_rows=max_rows, safety_s=safety_s)
+        self.max_rows = max_rows
+        self.max_queued = max_queued
+        self.queue: list[Entry] = []  # sorted by Entry.key
+        self._widest_rows = max_rows  # no queued entry has more rows (bounds its cost)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(p.in_flight for p in self.pools)
+
+    def doom(self, entry: Entry) -> float:
+        """Latest start that still meets ``entry``'s deadline if it ran alone."""
+        return self.router.doom(entry)
+
+    def predict_completion(self, entry: Entry, now: float) -> float:
+        """Estimated completion of ``entry`` given the work queued ahead of it."""
+        position = bisect.bisect_left(self.queue, entry.key(), key=Entry.key)
+        return self.router.predict(entry, self.queue[:position], now)
+
+    def _idle(self) -> bool:
+        return self.in_flight == 0 and not self.queue
+
+    def admit(self, entry: Entry, now: float) -> list[Entry]:
+        """Queue ``entry`` or raise :class:`Overloaded`; return entries evicted to make room.
+
+        With nothing queued or running, a request is always tried: a prediction can be
+        wrong, and an idle pipeline that refused everything would never measure again.
+        """
+        ticket = entry.ticket
+        if not any(p.available and may_run(p, entry) for p in self.pools):
+            where = "no on-prem pool" if ticket.onprem_only else "no pool"
+            raise Overloaded(
+                f"{where} of this model is up"
+                + (" (data residency 'onprem' keeps the request off cloud pools)"
+                   if ticket.onprem_only else ""),
+                retry_after_s=1.0,
+            )
+        predicted = self.predict_completion(entry, now)
+        if predicted > ticket.deadline and not self._idle():
+            residency = (
+                " on its on-prem pools (data residency 'onprem' keeps it off cloud pools)"
+                if ticket.onprem_only and any(p.cloud for p in self.pools) else ""
+            )
+            raise Overloaded(
+                f"SLO class '{ticket.slo_class}' cannot be met{residency}: predicted "
+                f"completion in {(predicted - now) * 1e3:.0f} ms, budget "
+                f"{ticket.budget_s * 1e3:.0f} ms",
+                retry_after_s=max(predicted - ticket.deadline, 1.0),
+            )
+        evicted: list[Entry] = []
+        if len(self.queue) >= self.max_queued:
+            worst = self.queue[-1]
+            if worst.key() < entry.key():
+                raise Overloaded(
+                    f"queue full ({self.max_queued} requests), none less important",
+                    retry_after_s=1.0,
+                )
+            evicted.append(self.queue.pop())
+        bisect.insort(self.queue, entry, key=Entry.key)
+        self._widest_rows = max(self._widest_rows, entry.rows)
+        return evicted
+
+    def fail_over(self, entry: Entry) -> bool:
+        """Queue ``entry`` again after its pool went down, if another pool that is up may
+        run it and it has not failed over before; no admission check (it was admitted)."""
+        if entry.failed_over or not any(p.available and may_run(p, entry) for p in self.pools):
+            return False
+        entry.failed_over = True
+        bisect.insort(self.queue, entry, key=Entry.key)
+        return True
+
+    def remove(self, entry: Entry) -> None:
+        index = bisect.bisect_left(self.queue, entry.key(), key=Entry.key)
+        if index < len(self.queue) and self.queue[index] is entry:
+            del self.queue[index]
+
+    def _scan(self, now: float, probe: Entry | None) -> tuple[list[Entry], float]:
+        """The doomed entries, and the earliest doom among the rest (probe excluded).
+
+        Runs on every arrival and completion, so it must not cost O(queue): within a
+        priority level entries are in deadline order and no entry costs more than the
+        widest seen on the slowest pool, so each level's scan stops once later deadlines
+        can neither be doomed nor beat the earliest doom found.
+        """
+        widest = self.router.widest_cost(self._widest_rows)
+        expired: list[Entry] = []
+        earliest = math.inf
+        start = 0
+        while start < len(self.queue):
+            level = self.queue[start].ticket.priority
+            end = bisect.bisect_left(
+                self.queue, (level + 1, -math.inf, -1), lo=start, key=Entry.key
+            )
+            for index in range(start, end):
+                entry = self.queue[index]
+                deadline = entry.ticket.deadline
+                if deadline - widest >= max(now, earliest):
+                    break  # this and later entries: not doomed, not earlier
+                doom = self.doom(entry)
+                if now > doom and not (entry is probe and now < deadline):
+                    expired.append(entry)
+                elif entry is not probe:
+                    earliest = min(earliest, doom)
+            start = end
+        return expired, earliest
+
+    def plan(self, now: float) -> Plan:
+        """Expire the doomed, then choose a batch and its pool (or when to look again)."""
+        # An idle pipeline tries its head request until the real deadline (see admit()).
+        probe = self.queue[0] if self.in_flight == 0 and self.queue else None
+        expired, earliest_doom = self._scan(now, probe)
+        if expired:
+            gone = set(map(id, expired))
+            self.queue = [e for e in self.queue if id(e) not in gone]
+        if not self.queue:
+            return Plan([], None, expired, None)
+        route = self.router.route(self.queue, now, probe)
+        if route.pool is None:
+            return Plan([], None, expired, _finite(min(route.wake_at, earliest_doom)))
+        chosen = set(map(id, route.batch))
+        self.queue = [e for e in self.queue if id(e) not in chosen]
+        dispatch = route.pool.dispatched(now, sum(e.rows for e in route.batch))
+        return Plan(route.batch, route.pool, expired, None, dispatch)
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isinf(value) else value

@@ -1,0 +1,318 @@
+"""Late binding: which pool runs the next batch, and which queued requests go in it.
+
+Pools are ranked on-prem before cloud and, within each, by marginal price per row at their
+efficient batch size (spot before on-demand). One rule then covers bursting, failover and
+cost: **a pool takes a request only if no better-ranked pool that is up can still finish it
+in time** (counting the work queued ahead of it there). So on-prem pools serve everything
+they can; a cloud pool gets a request only when waiting for on-prem would miss its
+deadline; a pool that is down or at zero replicas is skipped and the next one takes over.
+A request whose data must stay on-prem is never taken by a cloud pool.
+
+A batch for a pool takes eligible requests in queue order (priority, then deadline) that
+can still finish in time there, up to the pool's efficient batch size, so batch size
+follows the chosen pool's latency model. It is sent at once if a replica of the pool is
+idle or the batch is full; otherwise it grows until the pool's devices are about to free
+up, or until waiting longer would lose its earliest deadline.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from serving.batching.entry import Entry
+from serving.routing.pools import PoolState
+
+# How many queued requests one pool's search looks at. Deeper ones are decided once they
+# move up: they have more slack, and walking a deep queue on every event costs O(queue).
+WALK_LIMIT = 512
+# How many of the most urgent requests a pool may leave out of a batch to keep it efficient.
+URGENT_SKIPS = 8
+SKIP_GAIN = 1.5
+BACKLOG_BATCHES = 0.5
+
+
+@dataclass(slots=True)
+class Route:
+    pool: PoolState | None  # None: send nothing now
+    batch: list[Entry] = field(default_factory=list)
+    wake_at: float = math.inf  # when to decide again if nothing else happens
+
+
+def may_run(pool: PoolState, entry: Entry) -> bool:
+    """Residency, the hard filter: on-prem-only data never goes to a cloud pool."""
+    return not (pool.cloud and entry.ticket.onprem_only)
+
+
+class Router:
+    """Chooses, for one model, the pool and the requests of its next batch."""
+
+    def __init__(self, pools: list[PoolState], *, max_rows: int, safety_s: float) -> None:
+        if not pools:
+            raise ValueError("a router needs at least one pool")
+        self.pools = pools
+        self.max_rows = max_rows
+        self.safety_s = safety_s
+
+    def ranked(self) -> list[PoolState]:
+        """Available pools, best first: on-prem, then cheapest per row."""
+        live = [p for p in self.pools if p.available]
+        return sorted(live, key=lambda p: (p.cloud, p.price_per_row(self.max_rows), p.name))
+
+    def route(self, queue: list[Entry], now: float, probe: Entry | None = None) -> Route:
+        """The batch to send now, or when to look again. ``probe`` (the head request of an
+        idle pipeline), if no pool would take it as predicted, goes to the first pool that
+        may run it anyway: an idle pipeline that trusted a stale prediction would never
+        measure again."""
+        route = self._route(queue, now, None)
+        if route.pool is None and probe is not None:
+            forced = self._route(queue, now, probe)
+            if forced.pool is not None:
+                return forced
+        return route
+
+    def _route(self, queue: list[Entry], now: float, probe: Entry | None) -> Route:
+        ranked = self.ranked()
+        wake = math.inf
+        for index, pool in enumerate(ranked):
+            if not pool.has_slot():
+                continue
+            batch, switch = self._take(pool, ranked[:index], queue, now, probe)
+            wake = min(wake, switch)
+            if not batch:
+                continue
+            route = self._timing(pool, batch, now)
+            if route.pool is not None:
+                return route
+            wake = min(wake, route.wake_at)
+        return Route(None, [], wake)
+
+    def _take(
+        self,
+        pool: PoolState,
+        better: list[PoolState],
+        queue: list[Entry],
+        now: float,
+        probe: Entry | None,
+    ) -> tuple[list[Entry], float]:
+        """The requests ``pool`` should run now, and the earliest moment it must take one
+        that a better pool keeps (if that pool has not started it by then).
+
+        Requests that no other pool could still run in time (on-prem-only data, say) come
+        first, both for this pool's batch and in the better pools' plans: a request that
+        could also run elsewhere yields its place, rather than leave one with nowhere else
+        to go."""
+        window = queue[:WALK_LIMIT]
+        live = [p for p in self.pools if p.available]
+        onprem_live = sum(not p.cloud for p in live)
+        others = [p for p in live if p is not pool]
+
+        def only_here(entry: Entry) -> bool:  # no other pool that is up could run it in time
+            latest = entry.ticket.deadline - self.safety_s
+            return not any(
+                may_run(q, entry) and q.start_at(now) + q.cost(entry.rows) <= latest
+                for q in others
+            )
+
+        keepers = [_Keeper(b, now, self.max_rows, self.safety_s) for b in better]
+        if pool.cloud and keepers:  # what this pool may not run claims the better pools first
+            for entry in window:
+                if entry.ticket.onprem_only and onprem_live == 1:
+                    any(k.keeps(entry) for k in keepers)
+        start = pool.start_at(now)
+        wanted = 2 * pool.cap(self.max_rows)  # enough to fill a batch after skipping a few
+        candidates: list[Entry] = []
+        flexible: list[Entry] = []
+        rows = 0
+        for entry in window:  # first what only this pool can still run in time
+            if rows >= wanted:
+                break
+            if not may_run(pool, entry):
+                continue
+            if entry is probe or only_here(entry):
+                candidates.append(entry)
+                rows += entry.rows
+            else:
+                flexible.append(entry)
+        switch = math.inf
+        for entry in flexible:  # then the rest, unless a better pool keeps it
+            if rows >= wanted:
+                break
+            if any(k.keeps(entry) for k in keepers):
+                # This pool is its fallback if that pool has not started it by then (the
+                # last moment this pool, as busy as it is now, could still run it in time).
+                wait = max(start - now, 0.0)
+                latest = entry.ticket.deadline - self.safety_s - wait - pool.cost(entry.rows)
+                if latest > now:  # past it, this pool cannot save it: nothing to wake for
+                    switch = min(switch, latest)
+                continue
+            candidates.append(entry)
+            rows += entry.rows
+        return _pick(pool, candidates, start, self.max_rows, self.safety_s, probe), switch
+
+    def _timing(self, pool: PoolState, batch: list[Entry], now: float) -> Route:
+        """Send now if a replica is idle or the batch is full; else keep growing it until
+        the pool's devices are about to free up (a batch sent earlier would only wait in
+        the worker) or waiting longer would lose its earliest deadline."""
+        total = sum(e.rows for e in batch)
+        first_deadline = min(e.ticket.deadline for e in batch)
+        latest_start = first_deadline - pool.cost(total) - self.safety_s
+        send_at = min(latest_start, pool.device_free_at - pool.latency.overhead_s)
+        if pool.idle_replica() or total >= pool.cap(self.max_rows) or now >= send_at:
+            return Route(pool, batch)
+        return Route(None, [], send_at)
+
+    def predict(self, entry: Entry, ahead: list[Entry], now: float) -> float:
+        """When ``entry`` would finish behind the requests ``ahead`` of it in the queue, if
+        each is served as this router would serve it (by the best pool that can still run
+        it in time, requests with one pool to go to first): ``inf`` if no pool that is up
+        may run it. Requests beyond :data:`WALK_LIMIT` count as rows shared among the pools
+        by throughput."""
+        ranked = self.ranked()
+        pools = [p for p in ranked if may_run(p, entry)]
+        if not pools:
+            return math.inf
+        onprem_live = sum(not p.cloud for p in ranked)
+
+        def bound(other: Entry) -> bool:
+            return (onprem_live if other.ticket.onprem_only else len(ranked)) == 1
+
+        keepers = [_Keeper(p, now, self.max_rows, self.safety_s) for p in ranked]
+        window = ahead[:WALK_LIMIT]
+        for other in window:
+            if bound(other):
+                any(k.keeps(other) for k in keepers)
+        if not bound(entry):  # a request that may go elsewhere is served after those
+            for other in window:
+                if not bound(other):
+                    any(k.keeps(other) for k in keepers)
+        beyond = sum(e.rows for e in ahead[WALK_LIMIT:])
+        rate = sum(p.rows_per_second(self.max_rows) for p in pools)
+        return beyond / rate + min(k.finish(entry) for k in keepers if may_run(k.pool, entry))
+
+    def doom(self, entry: Entry) -> float:
+        """Latest start that still meets ``entry``'s deadline if it ran alone on the fastest
+        pool that may run it (one that is up, else any: a pool may come back in time)."""
+        pools = [p for p in self.pools if may_run(p, entry)]
+        live = [p for p in pools if p.available] or pools
+        if not live:
+            return -math.inf
+        return entry.ticket.deadline - min(p.cost(entry.rows) for p in live)
+
+    def widest_cost(self, rows: int) -> float:
+        """No request of ``rows`` rows or fewer costs more than this on any pool."""
+        return max(p.cost(rows) for p in self.pools)
+
+
+class _Keeper:
+    """What a better pool will do with the queued requests it can serve in time: its coming
+    batches, formed greedily in queue order as its own batches form (each as large as its
+    efficient size and its members' deadlines allow, one after another on its devices)."""
+
+    def __init__(self, pool: PoolState, now: float, max_rows: int, safety_s: float) -> None:
+        self.pool = pool
+        self.cap = pool.cap(max_rows)
+        self.safety_s = safety_s
+        self.free_at = pool.start_at(now)
+        self.rows = 0
+        self.deadline = math.inf
+
+    def _joins(self, entry: Entry) -> bool:
+        """Whether ``entry`` fits the batch being formed (size and every deadline in it)."""
+        rows = self.rows + entry.rows
+        deadline = min(self.deadline, entry.ticket.deadline)
+        return rows <= self.cap and (
+            self.free_at + self.pool.cost(rows) <= deadline - self.safety_s
+        )
+
+    def _next_free(self) -> float:
+        """When the batch after the one being formed could start."""
+        if not self.rows:
+            return self.free_at
+        return self.free_at + self.pool.cost(self.rows) / max(self.pool.replicas, 1)
+
+    def finish(self, entry: Entry) -> float:
+        """When ``entry`` would finish here, behind what this pool keeps (not counted in)."""
+        if self._joins(entry):
+            return self.free_at + self.pool.cost(self.rows + entry.rows)
+        return self._next_free() + self.pool.cost(entry.rows)
+
+    def keeps(self, entry: Entry) -> bool:
+        """Whether this pool can still serve ``entry`` in time; if so, count it in."""
+        if not may_run(self.pool, entry):
+            return False
+        if self._joins(entry):
+            self.rows += entry.rows
+            self.deadline = min(self.deadline, entry.ticket.deadline)
+            return True
+        free_at = self._next_free()
+        if free_at + self.pool.cost(entry.rows) <= entry.ticket.deadline - self.safety_s:
+            self.free_at, self.rows, self.deadline = free_at, entry.rows, entry.ticket.deadline
+            return True
+        return False
+
+
+def _pick(
+    pool: PoolState,
+    candidates: list[Entry],
+    start: float,
+    max_rows: int,
+    safety_s: float,
+    probe: Entry | None,
+) -> list[Entry]:
+    """The batch ``pool`` runs from ``candidates`` (in order of preference): as many as fit,
+    first come first. But when the most urgent few would shrink it so much that the pool
+    ran at under 2/3 the rows per second of a batch without them, they are left out (to
+    expire, or to run elsewhere): a nearly doomed request must not cut a pool's throughput,
+    or an overload feeds itself (ever smaller batches for ever more urgent requests)."""
+
+    def greedy(skip: int) -> _Batch:
+        batch = _Batch(pool, start, max_rows, safety_s)
+        for entry in candidates[skip:]:
+            if batch.full():
+                break
+            batch.add(entry, force=entry is probe)
+        return batch
+
+    def rate(batch: _Batch) -> float:
+        return batch.rows / pool.cost(batch.rows) if batch.rows else 0.0
+
+    base = greedy(0)
+    backlog = sum(e.rows for e in candidates)
+    if probe is not None or base.full() or backlog < BACKLOG_BATCHES * base.cap:
+        return base.entries  # no backlog: the urgent ones cost little
+    best = base
+    for skip in range(1, min(URGENT_SKIPS, len(candidates) - 1) + 1):
+        other = greedy(skip)
+        if rate(other) > rate(best):
+            best = other
+    return best.entries if rate(best) >= SKIP_GAIN * rate(base) else base.entries
+
+
+class _Batch:
+    """A batch being formed for one pool: as large as the pool's efficient size and every
+    member's deadline allow."""
+
+    def __init__(self, pool: PoolState, start: float, max_rows: int, safety_s: float) -> None:
+        self.pool = pool
+        self.start = start
+        self.cap = pool.cap(max_rows)
+        self.safety_s = safety_s
+        self.entries: list[Entry] = []
+        self.rows = 0
+        self.deadline = math.inf
+
+    def full(self) -> bool:
+        return self.rows >= self.cap
+
+    def add(self, entry: Entry, *, force: bool = False) -> bool:
+        """Add ``entry`` if it fits (``force``: whatever the prediction says)."""
+        rows = self.rows + entry.rows
+        if self.entries and rows > self.cap:
+            return False
+        deadline = min(self.deadline, entry.ticket.deadline)
+        if not force and self.start + self.pool.cost(rows) > deadline - self.safety_s:
+            return False  # it would make the batch late here; a later batch may take it
+        self.entries.append(entry)
+        self.rows, self.deadline = rows, deadline
+        return True

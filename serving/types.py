@@ -1,0 +1,51 @@
+"""The core's own request, result and tensor types, used by everything below the adapters.
+
+Protocol adapters decode their wire format into :class:`InferRequest` and encode an
+:class:`InferResult`; the queue sends :class:`WorkItem` batches to workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+Tensors = dict[str, np.ndarray]
+Parameters = dict[str, Any]
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """A decoded, protocol-free inference request."""
+
+    model: str
+    inputs: Tensors
+    version: str | None = None
+    id: str | None = None
+    outputs: list[str] | None = None  # requested output names; None means all
+    parameters: Parameters = field(default_factory=dict)
+    slo_class: str | None = None  # from the transport (x-slo-class header / gRPC metadata)
+    residency: str | None = None  # from the transport (x-data-residency header / metadata)
+    deadline: float | None = None  # transport deadline, time.monotonic() seconds
+
+
+@dataclass(slots=True)
+class InferResult:
+    """Outputs for one request, in the model's output order (or the requested order)."""
+
+    model: str
+    version: str
+    outputs: Tensors
+    id: str | None = None
+    pool: str | None = None  # the pool that ran it
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """One request as a worker sees it: its id (for tracing), its inputs, and whether its
+    data must stay on-prem (workers of a cloud pool refuse it: a second line of defence)."""
+
+    id: str
+    inputs: Tensors
+    onprem_only: bool = False

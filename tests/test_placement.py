@@ -1,0 +1,40 @@
+"""Placement: each pool's replicas need the pool's Ray resource; a pool no node can host
+stops the start, naming the pool and the resource."""
+
+from __future__ import annotations
+
+from serving.config import parse_gateway_config
+from serving.placement import (
+    RESOURCE_PER_REPLICA,
+    local_resources,
+    missing_resources,
+    worker_options,
+)
+
+CONFIG = parse_gateway_config({"models": ["m"], "pools": {
+    "onprem-gpu": {"num_gpus_per_replica": 1, "label_selector": {"rack": "a1"}},
+    "cloud-gpu": {"location": "cloud", "min_replicas": 0, "max_replicas": 8},
+}})
+
+
+def test_replicas_need_their_pools_resource_and_labels() -> None:
+    options = worker_options("m", "onprem-gpu", CONFIG.pools["onprem-gpu"], gateway_replicas=2)
+    assert options["name"] == "worker-m-onprem-gpu" and options["num_replicas"] == 1
+    actor = options["ray_actor_options"]
+    assert actor["resources"] == {"onprem-gpu": RESOURCE_PER_REPLICA}
+    assert actor["label_selector"] == {"rack": "a1"} and actor["num_gpus"] == 1
+    assert options["max_ongoing_requests"] == 12  # two gateways: two batches + 4 spare each
+    cloud = worker_options("m", "cloud-gpu", CONFIG.pools["cloud-gpu"], gateway_replicas=1)
+    assert cloud["autoscaling_config"]["min_replicas"] == 0
+    assert "label_selector" not in cloud["ray_actor_options"]
+
+
+def test_a_pool_whose_resource_no_node_has_is_named() -> None:
+    (problem,) = missing_resources(CONFIG, {"CPU": 2.0, "cloud-gpu": 1.0})
+    assert "pool 'onprem-gpu' needs the Ray resource 'onprem-gpu'" in problem
+    # A pool starting at zero may wait for the cluster autoscaler to launch its node.
+    assert missing_resources(CONFIG, {"CPU": 2.0, "onprem-gpu": 1.0}) == []
+
+
+def test_one_machine_declares_every_pool() -> None:
+    assert local_resources(CONFIG) == {"onprem-gpu": 1.0, "cloud-gpu": 1.0}
