@@ -10,7 +10,7 @@ CONFIG ?= configs/quickstart.yaml
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(DEVICE)
 
-.PHONY: setup models serve test lint bench bench-slo bench-grpc triton triton-env clean
+.PHONY: setup models serve test lint bench bench-slo bench-grpc bench-pools triton triton-env clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,9 @@ bench-slo: models triton-env
 
 bench-grpc: models triton-env
 	$(BIN)/python loadtests/bench_grpc.py
+
+bench-pools: models
+	$(BIN)/python loadtests/bench_pools.py
 
 # A local Triton server for configs/triton.yaml (gRPC 127.0.0.1:8101; Ctrl-C stops it).
 triton: models triton-env

@@ -38,3 +38,27 @@ def test_a_pool_whose_resource_no_node_has_is_named() -> None:
 
 def test_one_machine_declares_every_pool() -> None:
     assert local_resources(CONFIG) == {"onprem-gpu": 1.0, "cloud-gpu": 1.0}
+
+
+def test_the_kuberay_example_has_a_worker_group_for_every_pool(model_repository) -> None:
+    import yaml
+
+    from serving.repository import load_repository
+
+    from .conftest import ROOT
+
+    manifest = yaml.safe_load(
+        (ROOT / "configs" / "kubernetes" / "rayservice-hybrid.yaml").read_text())
+    (app,) = yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"]
+    config = parse_gateway_config({**app["args"], "model_repository": model_repository})
+    load_repository(config)  # the models and their residency fit the pools
+    groups = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    declared = {name: float(n) for g in groups for name, n in g["resources"].items()}
+    assert missing_resources(config, declared) == []
+    by_pool = {next(iter(g["resources"])): g for g in groups}
+    for name, pool in config.pools.items():  # the group runs on that location's nodes
+        group = by_pool[name]
+        assert group["labels"]["serving.io/location"] == pool.location
+        assert group["template"]["spec"]["nodeSelector"]["serving.io/location"] == pool.location
+        if pool.min_replicas == 0:  # a pool that may sit at zero has nodes that may too
+            assert group["minReplicas"] == 0

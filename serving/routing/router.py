@@ -262,13 +262,14 @@ def _pick(
 ) -> list[Entry]:
     """The batch ``pool`` runs from ``candidates`` (in order of preference): as many as fit,
     first come first. But when the most urgent few would shrink it so much that the pool
-    ran at under 2/3 the rows per second of a batch without them, they are left out (to
-    expire, or to run elsewhere): a nearly doomed request must not cut a pool's throughput,
-    or an overload feeds itself (ever smaller batches for ever more urgent requests)."""
+    ran at under 2/3 the rows per second of a batch of others just as important, they are
+    left out (to expire, or to run elsewhere): a nearly doomed request must not cut a
+    pool's throughput under a backlog, or the overload feeds itself (ever smaller batches
+    for ever more urgent requests). Never for less important requests."""
 
-    def greedy(skip: int) -> _Batch:
+    def greedy(members: list[Entry]) -> _Batch:
         batch = _Batch(pool, start, max_rows, safety_s)
-        for entry in candidates[skip:]:
+        for entry in members:
             if batch.full():
                 break
             batch.add(entry, force=entry is probe)
@@ -277,13 +278,16 @@ def _pick(
     def rate(batch: _Batch) -> float:
         return batch.rows / pool.cost(batch.rows) if batch.rows else 0.0
 
-    base = greedy(0)
-    backlog = sum(e.rows for e in candidates)
-    if probe is not None or base.full() or backlog < BACKLOG_BATCHES * base.cap:
+    base = greedy(candidates)
+    if probe is not None or base.full() or not candidates:
+        return base.entries
+    level = min(e.ticket.priority for e in candidates)
+    peers = [e for e in candidates if e.ticket.priority == level]
+    if sum(e.rows for e in peers) < BACKLOG_BATCHES * base.cap:
         return base.entries  # no backlog: the urgent ones cost little
     best = base
-    for skip in range(1, min(URGENT_SKIPS, len(candidates) - 1) + 1):
-        other = greedy(skip)
+    for skip in range(1, min(URGENT_SKIPS, len(peers) - 1) + 1):
+        other = greedy(peers[skip:])
         if rate(other) > rate(best):
             best = other
     return best.entries if rate(best) >= SKIP_GAIN * rate(base) else base.entries
