@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -98,6 +99,7 @@ def check_config(path: Path) -> list[str]:
             continue
         try:
             config = parse_gateway_config(app.get("args") or {})
+            problems += _autoscaling_problems(path, index, app, config)
             specs = load_repository(config)
             if any(pool.runtime == "onnx" for pool in config.pools.values()):
                 for spec in specs.values():
@@ -105,6 +107,22 @@ def check_config(path: Path) -> list[str]:
         except ConfigError as exc:
             problems.append(f"{path}: applications[{index}] ({app.get('name')}): {exc}")
     return problems
+
+
+AUTOSCALER = "serving.autoscaler:GatewayAutoscaler"
+
+
+def _autoscaling_problems(path: Path, index: int, app: dict, config: Any) -> list[str]:
+    """A pool that autoscales needs the gateway's policy: Serve's own cannot see the
+    demand the gateway queues, and the workers would hold their count."""
+    scaled = [f"{name} ({p.min_replicas}..{p.max_replicas})"
+              for name, p in config.pools.items() if p.min_replicas < p.max_replicas]
+    policy = (app.get("autoscaling_policy") or {}).get("policy_function")
+    if not scaled or policy == AUTOSCALER:
+        return []
+    return [f"{path}: applications[{index}] ({app.get('name')}): pools {', '.join(scaled)} "
+            f"autoscale, but the application's autoscaling_policy is {policy!r}; add "
+            f"autoscaling_policy: {{policy_function: {AUTOSCALER}}}"]
 
 
 def pool_resources(path: Path) -> dict[str, float]:

@@ -133,6 +133,21 @@ class PoolConfig(_Strict):
     capex_per_hour: float = Field(
         default=0.0, ge=0, description="On-prem amortised purchase price, $ per replica-hour."
     )
+    target_utilization: float = Field(
+        default=0.8, gt=0, le=1, description="Busy share per replica the autoscaler aims for."
+    )
+    cold_start_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="Expected seconds from a scale-up decision to a new replica serving, "
+        "until one is measured (a cloud node's launch, image pull and model load).",
+    )
+    downscale_delay_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="How long a replica stays after it is no longer needed; default: the "
+        "pool's cold start (ski rental: idle no longer than a restart costs).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> PoolConfig:
@@ -189,6 +204,35 @@ DEFAULT_SLO_CLASSES = {
 }
 
 
+class AutoscalingSettings(_Strict):
+    """How the gateway's pool autoscaler (:mod:`serving.autoscaling`) reads demand."""
+
+    stable_window_s: float = Field(
+        default=30.0, gt=0, description="Demand averaged over this window sizes the pools."
+    )
+    panic_window_s: float = Field(
+        default=3.0, gt=0, description="A surge seen over this window scales up at once."
+    )
+    panic_threshold: float = Field(
+        default=2.0, gt=1, description="Panic when the panic window needs this × the replicas."
+    )
+    risk_threshold: float = Field(
+        default=0.01,
+        gt=0,
+        le=1,
+        description="Panic, too, when this share of requests is refused or late.",
+    )
+
+    @model_validator(mode="after")
+    def _windows(self) -> AutoscalingSettings:
+        if self.panic_window_s > self.stable_window_s:
+            raise ValueError(
+                f"panic_window_s={self.panic_window_s} exceeds "
+                f"stable_window_s={self.stable_window_s}"
+            )
+        return self
+
+
 class GatewayConfig(_Strict):
     """The application's ``args`` in a Serve YAML file."""
 
@@ -219,6 +263,10 @@ class GatewayConfig(_Strict):
     )
     worker_timeout_s: float = Field(
         default=30.0, gt=0, description="Longest a worker call may take before 504."
+    )
+    autoscaling: AutoscalingSettings = Field(
+        default_factory=AutoscalingSettings,
+        description="Pools with min_replicas < max_replicas scale with the gateway's demand.",
     )
     deadline_margin_ms: float = Field(
         default=1.0,

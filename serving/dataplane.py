@@ -18,6 +18,7 @@ from serving.config import GatewayConfig, ModelSpec, TensorSpec
 from serving.errors import InvalidRequest, ModelNotFound, ModelNotReady, ServingError
 from serving.protocol.tensors import oip_datatype
 from serving.protocol.types import MetadataModelResponse, MetadataServerResponse, MetadataTensor
+from serving.routing.demand import DemandMeter
 from serving.routing.fleet import Fleet, Workers
 from serving.slo import SLOPolicy
 from serving.telemetry import metrics
@@ -47,6 +48,11 @@ class DataPlane:
         self.slo = SLOPolicy(config)
         self.fleet = Fleet(config, specs, workers)
         self.stats = {name: ModelStats(name, spec.version) for name, spec in specs.items()}
+        self.demand = DemandMeter(
+            self.fleet.states,
+            {name: max(spec.max_batch_size, 1) for name, spec in specs.items()},
+            safety_s=config.deadline_margin_ms / 1e3,
+        )
         self.queues = {
             name: BatchQueue(
                 name,
@@ -67,6 +73,10 @@ class DataPlane:
 
     async def stop(self) -> None:
         await self.fleet.stop()
+
+    def autoscaling_stats(self) -> dict[str, float]:
+        """This replica's demand since the last call, for the pool autoscaler."""
+        return self.demand.report()
 
     def live(self) -> bool:
         return True
@@ -142,6 +152,8 @@ class DataPlane:
             transport_deadline=request.deadline,
             header_residency=request.residency,
         )
+        inferences = rows(request.inputs) if spec.max_batch_size > 0 else 1
+        self.demand.offered(spec.name, inferences, ticket.budget_s, ticket.onprem_only)
         # KServe's clients require an id: generate one when the request has none.
         request_id = request.id or uuid.uuid4().hex
         ok = met = False
@@ -168,7 +180,8 @@ class DataPlane:
         finally:
             result_label = "met" if met else "missed"
             metrics.SLO.labels(spec.name, ticket.slo_class, pool, result_label).inc()
-            inferences = rows(request.inputs) if spec.max_batch_size > 0 else 1
+            if not met:
+                self.demand.at_risk(spec.name)
             self.stats[spec.name].request(ok, time.monotonic() - ticket.arrival, inferences)
 
 

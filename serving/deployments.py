@@ -26,7 +26,13 @@ from serving import compat
 from serving.config import GatewayConfig, ModelSpec, PoolConfig, parse_gateway_config
 from serving.dataplane import DataPlane
 from serving.errors import ConfigError, ServingError, grpc_status_name
-from serving.placement import missing_resources, worker_options
+from serving.placement import (
+    gateway_options,
+    missing_resources,
+    pool_ranks,
+    scaled_pool,
+    worker_options,
+)
 from serving.protocol.grpc import UNARY_METHODS, Call, Encoded, GrpcAdapter
 from serving.protocol.rest import RestAdapter
 from serving.repository import load_repository
@@ -114,6 +120,10 @@ class Gateway:
     async def __call__(self, request: Request) -> Response:
         return await self.rest.handle(request)
 
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Demand for the pool autoscaler (:mod:`serving.autoscaler`), polled by Serve."""
+        return self.dataplane.autoscaling_stats()
+
     async def _grpc(self, method: str, request: Encoded, context: RayServegRPCContext) -> Message:
         metadata = {key.lower(): value for key, value in context.invocation_metadata()}
         call = Call(metadata=metadata, deadline=compat.call_deadline(context))
@@ -160,20 +170,20 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         problems = missing_resources(config, ray.cluster_resources())
         if problems:
             raise ConfigError("cannot place the pools:\n  " + "\n  ".join(problems))
+    ranks = pool_ranks(config.pools)
     workers = {
         name: {
             pool_name: ModelWorker.options(
-                **worker_options(name, pool_name, pool, config.gateway_replicas)
+                **worker_options(
+                    name, pool_name, pool, config.gateway_replicas,
+                    scaled_pool(name, pool_name, pool, ranks[pool_name], config.autoscaling),
+                )
             ).bind(spec, pool_name, pool)
             for pool_name, pool in config.pools_for(spec).items()
         }
         for name, spec in specs.items()
     }
-    return Gateway.options(
-        num_replicas=config.gateway_replicas,
-        max_ongoing_requests=config.gateway_max_ongoing_requests,
-        ray_actor_options={"num_cpus": 0},
-    ).bind(config, specs, workers)
+    return Gateway.options(**gateway_options(config)).bind(config, specs, workers)
 
 
 __all__ = ["build_app", "Gateway", "ModelWorker"]

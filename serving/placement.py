@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from serving.config import GatewayConfig, PoolConfig
+from serving.autoscaling import ScaledPool
+from serving.config import AutoscalingSettings, GatewayConfig, PoolConfig
 
 # Of its pool's resource, what one replica takes: a node declaring 1 unit hosts up to 1,000
 # replicas, so CPUs, GPUs and memory, not this marker, bound how many fit.
@@ -24,8 +25,34 @@ def worker_name(model: str, pool: str) -> str:
     return f"worker-{model}-{pool}"
 
 
-def worker_options(model: str, pool_name: str, pool: PoolConfig, gateway_replicas: int) -> dict:
-    """Serve deployment options for the workers of ``model`` on ``pool_name``."""
+def pool_ranks(pools: dict[str, PoolConfig]) -> dict[str, int]:
+    """The order the autoscaler fills pools in: on-prem (as configured), then cloud by
+    price per replica-hour (spot before on-demand)."""
+    onprem = [name for name, pool in pools.items() if not pool.cloud]
+    cloud = sorted((n for n, p in pools.items() if p.cloud), key=lambda n: pools[n].price_per_hour)
+    return {name: rank for rank, name in enumerate(onprem + cloud)}
+
+
+def scaled_pool(
+    model: str, pool_name: str, pool: PoolConfig, rank: int, settings: AutoscalingSettings
+) -> ScaledPool:
+    """What the autoscaler needs to know of the workers of ``model`` on ``pool_name``."""
+    return ScaledPool(
+        deployment=worker_name(model, pool_name), model=model, pool=pool_name,
+        cloud=pool.cloud, rank=rank,
+        min_replicas=pool.min_replicas, max_replicas=pool.max_replicas,
+        target_utilization=pool.target_utilization, cold_start_s=pool.cold_start_s,
+        downscale_delay_s=pool.downscale_delay_s, **settings.model_dump(),
+    )
+
+
+def worker_options(
+    model: str, pool_name: str, pool: PoolConfig, gateway_replicas: int,
+    scaling: ScaledPool | None = None,
+) -> dict:
+    """Serve deployment options for the workers of ``model`` on ``pool_name``, scaled by
+    the gateway's autoscaler as ``scaling`` describes (within ``[min, max]_replicas``);
+    without ``scaling``, a fixed count."""
     actor: dict[str, Any] = {
         "num_cpus": pool.num_cpus_per_replica,
         "num_gpus": pool.num_gpus_per_replica,
@@ -42,15 +69,46 @@ def worker_options(model: str, pool_name: str, pool: PoolConfig, gateway_replica
         "max_ongoing_requests": (pool.max_batches_in_flight + SPARE_CALLS) * gateway_replicas,
         "ray_actor_options": actor,
     }
-    if pool.min_replicas == pool.max_replicas:
+    if scaling is None:
         options["num_replicas"] = pool.min_replicas
+        if pool.min_replicas != pool.max_replicas:
+            raise ValueError(f"pool '{pool_name}' autoscales: worker_options needs scaling")
     else:
+        # Fixed pools too: the autoscaler sees only deployments with an autoscaling_config,
+        # and it must count their capacity when it decides what the others need.
         options["autoscaling_config"] = {
             "min_replicas": pool.min_replicas,
             "max_replicas": pool.max_replicas,
-            "target_ongoing_requests": pool.max_batches_in_flight,
+            # The policy's targets apply as given: its own windows and keep-alive are the
+            # delays (Serve would otherwise add 30 s up and 600 s down).
+            "upscale_delay_s": 0,
+            "downscale_delay_s": 0,
+            "downscale_to_zero_delay_s": 0,
+            "policy": {
+                "policy_function": "serving.autoscaler:HoldPolicy",
+                "policy_kwargs": scaling.to_kwargs(),
+            },
         }
     return options
+
+
+# How often a gateway reports its demand to Serve's controller, and over what it averages.
+DEMAND_INTERVAL_S = 0.5
+
+
+def gateway_options(config: GatewayConfig) -> dict:
+    """Serve deployment options for the gateway. It has an ``autoscaling_config`` (with a
+    fixed count) only so that Serve collects its demand metrics for the pool autoscaler."""
+    return {
+        "autoscaling_config": {
+            "min_replicas": config.gateway_replicas,
+            "max_replicas": config.gateway_replicas,
+            "metrics_interval_s": DEMAND_INTERVAL_S,
+            "look_back_period_s": 2 * DEMAND_INTERVAL_S,
+        },
+        "max_ongoing_requests": config.gateway_max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": 0},
+    }
 
 
 def local_resources(config: GatewayConfig) -> dict[str, float]:

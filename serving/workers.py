@@ -13,6 +13,7 @@ details go to the gateway's log.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -20,10 +21,11 @@ import time
 import grpc
 import ray
 from ray import serve
+from ray.experimental import internal_kv
 from ray.serve.exceptions import BackPressureError, RayServeException
 from ray.serve.handle import DeploymentHandle
 
-from serving import compat
+from serving import autoscaler, compat
 from serving.errors import BackendError, DeadlineExceeded, ModelNotReady, Overloaded
 from serving.placement import worker_name
 from serving.routing.fleet import Result
@@ -139,6 +141,29 @@ class RayWorkers:
             self._status_read = now
             running.update(await self._from_status(unknown))
         return running
+
+    async def targets(self) -> dict[tuple[str, str], tuple[int, float]]:
+        """The pool autoscaler's latest (target, cold start seconds) per (model, pool), as
+        :mod:`serving.autoscaler` publishes them; empty if it has not (no autoscaled pool)."""
+        if not self.app_name:
+            return {}
+        try:
+            raw = await asyncio.to_thread(
+                internal_kv._internal_kv_get, autoscaler.kv_key(self.app_name),
+                namespace=autoscaler.KV_NAMESPACE,
+            )
+        except Exception:  # the GCS restarting: the next refresh reads them
+            logger.warning("could not read the pool targets", exc_info=True)
+            return {}
+        if not raw:
+            return {}
+        published = json.loads(raw)
+        return {
+            (model, pool): (int(p["target"]), float(p["cold_start_s"]))
+            for model, pools in self.handles.items()
+            for pool in pools
+            if (p := published.get(worker_name(model, pool))) is not None
+        }
 
     async def _from_status(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
         try:

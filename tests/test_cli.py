@@ -29,9 +29,30 @@ def test_explicit_environment_wins() -> None:
     assert launch_env(fast_ingress=True, base={"RAY_ADDRESS": "auto"})["RAY_ADDRESS"] == "auto"
 
 
-def test_shipped_configs_pass_the_pre_check(model_repository: Path) -> None:
+def test_shipped_configs_pass_the_pre_check(model_repository: Path, tmp_path: Path) -> None:
     for path in (ROOT / "configs").glob("*.yaml"):
         assert check_config(path) == []
+    manifest = yaml.safe_load(
+        (ROOT / "configs" / "kubernetes" / "rayservice-hybrid.yaml").read_text())
+    serve_config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    serve_config["applications"][0]["args"]["model_repository"] = str(model_repository)
+    (tmp_path / "kuberay.yaml").write_text(yaml.safe_dump(serve_config))
+    assert check_config(tmp_path / "kuberay.yaml") == []
+
+
+def test_autoscaled_pools_without_the_gateways_policy_stop_the_start(
+    tmp_path: Path, model_repository: Path
+) -> None:
+    # Serve's own policy cannot see the demand the gateway queues: the cloud pool would
+    # hold at zero forever while requests are refused.
+    document = yaml.safe_load((ROOT / "configs" / "hybrid.yaml").read_text())
+    app = document["applications"][0]
+    del app["autoscaling_policy"]
+    app["args"]["model_repository"] = str(model_repository)
+    path = tmp_path / "no-policy.yaml"
+    path.write_text(yaml.safe_dump(document))
+    (problem,) = check_config(path)
+    assert "cloud-gpu (0..4)" in problem and "serving.autoscaler:GatewayAutoscaler" in problem
 
 
 def test_pre_check_names_the_bad_field(tmp_path: Path, model_repository: Path) -> None:

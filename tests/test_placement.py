@@ -6,8 +6,11 @@ from __future__ import annotations
 from serving.config import parse_gateway_config
 from serving.placement import (
     RESOURCE_PER_REPLICA,
+    gateway_options,
     local_resources,
     missing_resources,
+    pool_ranks,
+    scaled_pool,
     worker_options,
 )
 
@@ -24,9 +27,42 @@ def test_replicas_need_their_pools_resource_and_labels() -> None:
     assert actor["resources"] == {"onprem-gpu": RESOURCE_PER_REPLICA}
     assert actor["label_selector"] == {"rack": "a1"} and actor["num_gpus"] == 1
     assert options["max_ongoing_requests"] == 12  # two gateways: two batches + 4 spare each
-    cloud = worker_options("m", "cloud-gpu", CONFIG.pools["cloud-gpu"], gateway_replicas=1)
-    assert cloud["autoscaling_config"]["min_replicas"] == 0
+    assert "autoscaling_config" not in options  # no scaling: a fixed count
+    scaling = scaled_pool("m", "onprem-gpu", CONFIG.pools["onprem-gpu"], 0, CONFIG.autoscaling)
+    fixed = worker_options("m", "onprem-gpu", CONFIG.pools["onprem-gpu"], 1, scaling)
+    # The autoscaler counts a fixed pool's capacity too, so it sees it, between 1 and 1.
+    assert (fixed["autoscaling_config"]["min_replicas"],
+            fixed["autoscaling_config"]["max_replicas"]) == (1, 1)
+    scaling = scaled_pool("m", "cloud-gpu", CONFIG.pools["cloud-gpu"], 1, CONFIG.autoscaling)
+    cloud = worker_options("m", "cloud-gpu", CONFIG.pools["cloud-gpu"], 1, scaling)
     assert "label_selector" not in cloud["ray_actor_options"]
+
+
+def test_an_autoscaled_pool_is_described_to_the_autoscaler() -> None:
+    scaling = scaled_pool("m", "cloud-gpu", CONFIG.pools["cloud-gpu"], 1, CONFIG.autoscaling)
+    cloud = worker_options("m", "cloud-gpu", CONFIG.pools["cloud-gpu"], 1, scaling)
+    auto = cloud["autoscaling_config"]
+    assert (auto["min_replicas"], auto["max_replicas"]) == (0, 8)
+    # The policy's own windows are the delays: Serve must not add its own on top.
+    assert auto["upscale_delay_s"] == auto["downscale_delay_s"] == 0
+    assert auto["downscale_to_zero_delay_s"] == 0
+    kwargs = auto["policy"]["policy_kwargs"]
+    assert kwargs["deployment"] == "worker-m-cloud-gpu" and kwargs["cloud"] is True
+    assert kwargs["stable_window_s"] == CONFIG.autoscaling.stable_window_s
+    # The gateway has an autoscaling_config only so that Serve collects its demand.
+    gateway = gateway_options(CONFIG)["autoscaling_config"]
+    assert gateway["min_replicas"] == gateway["max_replicas"] == CONFIG.gateway_replicas
+
+
+def test_pools_fill_on_prem_first_then_cloud_by_price() -> None:
+    config = parse_gateway_config({"models": ["m"], "pools": {
+        "cloud-od": {"location": "cloud", "price_per_hour": 4.1},
+        "onprem-gpu": {},
+        "cloud-spot": {"location": "cloud", "price_per_hour": 1.3},
+        "onprem-cpu": {},
+    }})
+    assert pool_ranks(config.pools) == {
+        "onprem-gpu": 0, "onprem-cpu": 1, "cloud-spot": 2, "cloud-od": 3}
 
 
 def test_a_pool_whose_resource_no_node_has_is_named() -> None:

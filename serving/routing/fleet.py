@@ -48,6 +48,10 @@ class Workers(Protocol):
         """Running replicas per (model, pool); pairs it cannot tell are left out."""
         ...
 
+    async def targets(self) -> dict[tuple[str, str], tuple[int, float]]:
+        """The pool autoscaler's (target replicas, cold start seconds) per (model, pool)."""
+        ...
+
 
 class Fleet:
     """The :class:`PoolState` of every (model, pool), their refresh and their cost meter."""
@@ -108,12 +112,16 @@ class Fleet:
 
     async def refresh(self) -> None:
         """Running replicas, readiness and cost of every (model, pool), now."""
-        running = await self.workers.replicas()
+        running, targets = await asyncio.gather(self.workers.replicas(), self.workers.targets())
         probes = []
         for model, pools in self.states.items():
             for name, state in pools.items():
                 state.replicas = running.get((model, name), state.replicas)
                 metrics.POOL_REPLICAS.labels(name, model, "running").set(state.replicas)
+                if (model, name) in targets:
+                    target, cold_start_s = targets[(model, name)]
+                    metrics.POOL_REPLICAS.labels(name, model, "target").set(target)
+                    metrics.POOL_COLD_START.labels(name, model).set(cold_start_s)
                 if state.replicas > 0:  # never probe a pool at zero: the call would wake it
                     probes.append(self._probe(model, state))
         await asyncio.gather(*probes)

@@ -121,8 +121,16 @@ POOL_NOT_READY = Counter(
 )
 POOL_REPLICAS = Gauge(
     "serving_pool_replicas",
-    "Replicas of each (model, pool): running, as Ray Serve reports them.",
+    "Replicas of each (model, pool): running (as Ray Serve reports them) and target (the "
+    "pool autoscaler's latest decision).",
     ["pool", "model", "state"],
+    registry=REGISTRY,
+)
+POOL_COLD_START = Gauge(
+    "serving_pool_cold_start_seconds",
+    "Median measured time from a scale-up decision to the new replica running (the "
+    "configured cold_start_s until one is measured).",
+    ["pool", "model"],
     registry=REGISTRY,
 )
 LATENCY_MODEL = Gauge(

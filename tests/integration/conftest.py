@@ -52,20 +52,28 @@ CLOUD_POOLS = ("cloud-gpu", "cloud-spot")
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[dict[str, str]]:
-    """Node ids by role: ``head`` (the gateway and the CPU pools), ``onprem`` and
-    ``cloud`` (worker nodes declaring only their location's pool resources)."""
+def cluster():
+    """The session's ``ray.cluster_utils.Cluster``, for tests that add a node to it (as
+    Ray's cluster autoscaler would on a real cluster)."""
     import ray
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "resources": dict.fromkeys(HEAD_POOLS, 1), "include_dashboard": False})
-    onprem = cluster.add_node(num_cpus=1, resources=dict.fromkeys(ONPREM_POOLS, 1))
-    cloud = cluster.add_node(num_cpus=1, resources=dict.fromkeys(CLOUD_POOLS, 1))
+    cluster.onprem = cluster.add_node(num_cpus=1, resources=dict.fromkeys(ONPREM_POOLS, 1))
+    cluster.cloud = cluster.add_node(num_cpus=1, resources=dict.fromkeys(CLOUD_POOLS, 1))
     ray.init(address=cluster.address, logging_level="warning", log_to_driver=False)
-    yield {"head": cluster.head_node.node_id, "onprem": onprem.node_id, "cloud": cloud.node_id}
+    yield cluster
     ray.shutdown()
     cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(cluster) -> dict[str, str]:
+    """Node ids by role: ``head`` (the gateway and the CPU pools), ``onprem`` and
+    ``cloud`` (worker nodes declaring only their location's pool resources)."""
+    return {"head": cluster.head_node.node_id, "onprem": cluster.onprem.node_id,
+            "cloud": cluster.cloud.node_id}
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +101,8 @@ def gateway(ray_cluster: dict[str, str], model_repository: Path) -> Iterator[dic
     serve.run(app, name="gateway", route_prefix="/", blocking=False)
     url = f"127.0.0.1:{port}"
     wait_ready(url, 120)
-    yield {"http": url, "grpc": f"127.0.0.1:{grpc_port}"}
+    yield {"http": url, "grpc": f"127.0.0.1:{grpc_port}", "port": str(port),
+           "grpc_port": str(grpc_port)}
     serve.shutdown()
 
 

@@ -35,6 +35,9 @@ class InProcessWorkers:
     async def replicas(self):
         return {}
 
+    async def targets(self):
+        return {}
+
 
 @pytest.fixture(scope="module")
 def workers(model_repository: Path) -> InProcessWorkers:

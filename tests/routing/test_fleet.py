@@ -32,6 +32,9 @@ class FakeWorkers:
     async def replicas(self):
         return dict(self.running)
 
+    async def targets(self):
+        return {}
+
     async def status(self, model, pool):
         self.probed.append(pool)
         return self.ready[pool]
