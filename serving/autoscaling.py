@@ -235,10 +235,16 @@ class ScalingPolicy:
             want_panic = {d: max(n, now_panic[d]) for d, n in want_panic.items()}
         panicking = now < model.panic_until
         # Prewarm: where the trend, one cold start ahead, needs more than now.
+        # Each pool looks ahead by its own cold start (a fixed pool never needs to).
         slopes = _slopes(model.history, now - first.stable_window_s, now)
-        lead = max(self.cold_start_s(p) for p in model.pools)
-        ahead = {p: panic.load.get(p, 0.0) + max(s, 0.0) * lead for p, s in slopes.items()}
-        want_ahead = allocate(model.pools, ahead, panic.onprem_share) if ahead else {}
+        want_ahead, lead = {}, {}
+        for pool in model.pools:
+            if slopes and pool.min_replicas < pool.max_replicas:
+                lead[pool.deployment] = self.cold_start_s(pool)
+                ahead = {p: panic.load.get(p, 0.0) + max(s, 0.0) * lead[pool.deployment]
+                         for p, s in slopes.items()}
+                want_ahead[pool.deployment] = allocate(
+                    model.pools, ahead, panic.onprem_share)[pool.deployment]
 
         cloud_above_min = any(
             (self.state[p.deployment].target or 0) > p.min_replicas
@@ -255,7 +261,7 @@ class ScalingPolicy:
                 why = "panic window" + (f" (risk {panic.risk:.1%})" if at_risk else "")
             elif want_ahead.get(pool.deployment, 0) > desired:
                 desired = want_ahead[pool.deployment]
-                why = f"prewarm: the trend needs it in {lead:.0f} s"
+                why = f"prewarm: the trend needs it in {lead[pool.deployment]:.0f} s"
             target = self._keep_alive(now, pool, state, desired)
             if target > desired:
                 why = "keep-alive"
