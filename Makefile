@@ -10,7 +10,7 @@ CONFIG ?= configs/quickstart.yaml
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(DEVICE)
 
-.PHONY: setup models serve test lint bench bench-slo bench-grpc bench-pools triton triton-env clean
+.PHONY: setup models serve test lint bench bench-slo bench-grpc bench-pools bench-diurnal simulate loadtest triton triton-env clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,20 @@ bench-grpc: models triton-env
 
 bench-pools: models
 	$(BIN)/python loadtests/bench_pools.py
+
+# A day compressed into 4 minutes on cloud-only / on-prem-static / hybrid (~15 min), with
+# the simulator beside each; and a simulated day of a ~1,000-replica fleet (~20 s).
+bench-diurnal: models
+	$(BIN)/python loadtests/bench_diurnal.py
+
+simulate: setup
+	$(BIN)/python loadtests/simulate.py
+
+# Locust, open loop, against configs/hybrid.yaml (CONFIG=... on the command line for another):
+#   make loadtest SHAPE=diurnal DURATION=240 [PEAK=100]   -> loadtests/results/locust-<shape>/
+loadtest: models
+	$(BIN)/python loadtests/run_locust.py --shape $(or $(SHAPE),step) --duration $(or $(DURATION),90) \
+		$(if $(PEAK),--peak-rps $(PEAK)) $(if $(filter command line,$(origin CONFIG)),--config $(CONFIG))
 
 # A local Triton server for configs/triton.yaml (gRPC 127.0.0.1:8101; Ctrl-C stops it).
 triton: models triton-env

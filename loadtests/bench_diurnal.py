@@ -1,7 +1,7 @@
 """The diurnal cost benchmark: one day's trace, compressed, on three setups in one run, and
 the simulator on the same trace beside each (its calibration).
 
-    python loadtests/bench_diurnal.py [--day-s 240] [--trough 30] [--peak 150]
+    python loadtests/bench_diurnal.py [--day-s 240] [--trough 25] [--peak 120]
 
 One ``serving run`` on this machine serves three applications of ``digits`` on emulated GPUs
 (the same device profile everywhere, so capacity does not depend on this machine's cores):
@@ -53,13 +53,15 @@ ONPREM = {"location": "onprem", "device": "gpu", "emulate": PROFILE, "num_cpus_p
           "capex_per_hour": 0.89}
 CLOUD = {"location": "cloud", "device": "gpu", "emulate": PROFILE, "num_cpus_per_replica": 0,
          "price_per_hour": 4.10, "cold_start_s": 5, "downscale_delay_s": 10}
-CLASSES = {"realtime": {"latency_ms": 150, "priority": 0},
-           "standard": {"latency_ms": 500, "priority": 1},
+# Deadlines several batches long: a 2-core machine running the gateway, its load and Ray
+# adds tens of milliseconds the planner cannot see (tests/integration/test_hybrid.py).
+CLASSES = {"realtime": {"latency_ms": 300, "priority": 0},
+           "standard": {"latency_ms": 1000, "priority": 1},
            "batch": {"latency_ms": 5000, "priority": 2}}
 MIX = ["realtime"] * 7 + ["standard"] * 2 + ["batch"]
 # A compressed day: the windows shrink with it (30 s of a 240 s day is three hours).
 AUTOSCALING = {"stable_window_s": 10, "panic_window_s": 2}
-MARGIN_MS = 10
+MARGIN_MS = 25
 
 
 def setups(peak_replicas: int, floor_replicas: int) -> dict[str, dict]:
@@ -245,8 +247,8 @@ def plot(results: dict[str, dict], trace: DiurnalTrace, day_s: float, path: Path
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--day-s", type=float, default=240, help="a day, compressed")
-    parser.add_argument("--trough", type=float, default=30, help="req/s at 04:00")
-    parser.add_argument("--peak", type=float, default=150, help="req/s at 16:00")
+    parser.add_argument("--trough", type=float, default=25, help="req/s at 04:00")
+    parser.add_argument("--peak", type=float, default=120, help="req/s at 16:00")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     trace = DiurnalTrace(args.day_s, args.trough, args.peak, seed=args.seed)

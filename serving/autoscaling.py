@@ -12,10 +12,11 @@ Rules:
   ``target_utilization``, and never the rows that must stay on-prem.
 - **Stable and panic windows** (Knative's KPA): demand averaged over ``stable_window_s``
   sizes the pools, so a load that oscillates faster than the window keeps a steady count.
-  When the ``panic_window_s`` average needs ``panic_threshold`` × the running replicas, or
-  more than ``risk_threshold`` of requests are refused or late, the policy panics: it scales
-  to the short window's demand at once and does not scale down until a stable window has
-  passed without a new trigger.
+  When the ``panic_window_s`` average needs ``panic_threshold`` × the running replicas, the
+  policy panics: it scales to the latest demand at once and does not scale down until a
+  stable window has passed without a new trigger. When more than ``risk_threshold`` of
+  requests are refused or late, they count as demand not carried (the load is scaled up by
+  ``1 / (1 - risk)``), without the hold.
 - **Keep-alive**: a pool scales down only to the highest target of its last
   ``downscale_delay_s`` (default: its cold start, ski-rental style), cloud pools before
   on-prem ones: an on-prem pool holds while any cloud pool of its model is above its minimum.
@@ -224,7 +225,7 @@ class ScalingPolicy:
             model.pools, {p: v * inflate for p, v in panic.load.items()}, panic.onprem_share)
         total_running = sum(running.get(p.deployment, 0) for p in model.pools)
         surge = sum(want_panic.values()) >= first.panic_threshold * max(total_running, 1)
-        if (surge and sum(want_panic.values()) > total_running) or at_risk:
+        if surge and sum(want_panic.values()) > total_running:
             model.panic_until = now + first.stable_window_s
             # Sized by the latest report, not the window's average, which still holds the
             # level before the surge: one scale event, not one per report.
@@ -259,6 +260,11 @@ class ScalingPolicy:
             if panicking and max(want_panic[pool.deployment], previous) > desired:
                 desired = max(want_panic[pool.deployment], previous)
                 why = "panic window" + (f" (risk {panic.risk:.1%})" if at_risk else "")
+            elif at_risk and want_panic[pool.deployment] > desired:
+                # Not held like a surge: refusals that more replicas do not cure (a deadline
+                # too tight for the machine) must not pin the pools at their maximum.
+                desired = want_panic[pool.deployment]
+                why = f"risk {panic.risk:.1%}: refused or late requests count as demand"
             elif want_ahead.get(pool.deployment, 0) > desired:
                 desired = want_ahead[pool.deployment]
                 why = f"prewarm: the trend needs it in {lead[pool.deployment]:.0f} s"

@@ -23,7 +23,8 @@ from serving.routing.pools import Dispatch, PoolState
 from serving.slo import Ticket
 from serving.types import WorkItem
 
-CALL_OVERHEAD_S = 0.001  # gateway -> worker -> gateway, besides execution
+# Gateway -> worker -> gateway besides execution: a Ray Serve handle call on a busy machine.
+CALL_OVERHEAD_S = 0.005
 
 
 @dataclass
@@ -52,7 +53,7 @@ def pool_state(name: str, pool: PoolConfig, replicas: int) -> PoolState:
     """A pool as a gateway knows it once its workers have profiled themselves."""
     if pool.emulate is None:
         raise ValueError(f"pool '{name}': the simulator needs an emulate profile")
-    latency = LatencyModel()
+    latency = LatencyModel(prior_overhead_s=CALL_OVERHEAD_S)
     latency.warm_start((rows, pool.emulate.seconds(rows)) for rows in (1, 8, 32))
     return PoolState(name, pool, latency, replicas=replicas, ready=replicas > 0)
 
