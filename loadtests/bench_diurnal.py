@@ -195,7 +195,7 @@ def measure(url: str, times: list[float]) -> dict:
 
 def simulated(pools: dict[str, dict], trace: DiurnalTrace, day_s: float) -> dict:
     day = simulate_day(fleet(pools), trace, day_s, tick_s=0.5, sample_every_s=day_s / 24,
-                       sample_s=2.0, shard_replicas=4)
+                       sample_s=2.0, shard_replicas=4, record_every_s=1.0)
     return {"dollars_per_1k_good": day.dollars_per_1000_good, "good_share": day.good / day.offered,
             "attainment": {c: day.sampled.attainment(c) for c in CLASSES},
             "replica_hours": {p: s / 3600 for p, s in day.replica_seconds.items()},
