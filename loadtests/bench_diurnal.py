@@ -28,20 +28,16 @@ import argparse
 import asyncio
 import json
 import math
-import re
+import random
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import httpx
-
-from loadtests.harness import RESULTS, Server, free_port
+from loadtests.harness import RESULTS, Server, free_port, label, metric_samples, wait_app_ready
 from loadtests.openloop import Point, Request, offer
 from serving.config import AutoscalingSettings, PoolConfig, SLOClass
-from serving.routing.demand import DemandMeter
-from serving.simulation.day import MODEL, Fleet, simulate_day
-from serving.simulation.shard import pool_state
+from serving.simulation.day import Fleet, seconds_per_request, simulate_day
 from serving.simulation.trace import DiurnalTrace
 
 # Prices (README, "Diurnal cost benchmark"): a cloud GPU at its on-demand price per hour; an
@@ -93,10 +89,7 @@ def replicas_for(trace: DiurnalTrace, day_s: float, quantile: float) -> int:
     is the rate exceeded a quarter of the day, where a cloud replica at about four times an
     on-prem one's hourly cost starts to cost less than an on-prem one that waits."""
     sim = fleet({"onprem-gpu": ONPREM})
-    state = pool_state("onprem-gpu", sim.pools["onprem-gpu"], 1)
-    meter = DemandMeter({MODEL: {"onprem-gpu": state}}, {MODEL: 64}, safety_s=sim.safety_s)
-    per_request = sum(share * meter.seconds_per_row(MODEL, state, sim.classes[c].latency_ms / 1e3)
-                      for c, share in sim.mix.items())
+    per_request = seconds_per_request(sim)["onprem-gpu"]
     rates = sorted(trace(t / 10) for t in range(int(day_s * 10)))
     rate = rates[min(int(quantile * len(rates)), len(rates) - 1)]
     return math.ceil(rate * per_request / sim.pools["onprem-gpu"].target_utilization)
@@ -129,8 +122,6 @@ def request(index: int) -> Request:
 
 def arrivals(trace: DiurnalTrace, day_s: float, seed: int) -> list[float]:
     """Poisson arrivals at the trace's rate (thinning against its maximum)."""
-    import random
-
     rng = random.Random(seed)
     top = max(trace(t / 10) for t in range(int(day_s * 10))) * 1.01
     times, t = [], 0.0
@@ -143,16 +134,8 @@ def arrivals(trace: DiurnalTrace, day_s: float, seed: int) -> list[float]:
 
 
 def scrape(url: str) -> dict[str, float]:
-    text = httpx.get(f"{url}/metrics", timeout=30).text
-    keep = ("serving_cost_dollars_total{", "serving_pool_replicas{",
-            "serving_pool_cold_start_seconds{")
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines() if line.startswith(keep)}
-
-
-def label(key: str, name: str) -> str:
-    match = re.search(rf'{name}="([^"]+)"', key)
-    return match.group(1) if match else "?"
+    return metric_samples(url, ("serving_cost_dollars_total{", "serving_pool_replicas{",
+                                "serving_pool_cold_start_seconds{"))
 
 
 def measure(url: str, times: list[float]) -> dict:
@@ -260,11 +243,7 @@ def main() -> int:
                         ready_path="/hybrid/v2/health/ready")
         with server as url:
             for name, pools in apps.items():
-                deadline = time.monotonic() + 120
-                while httpx.get(f"{url}/{name}/v2/health/ready", timeout=5).status_code != 200:
-                    if time.monotonic() > deadline:
-                        raise SystemExit(f"{name} not ready")
-                    time.sleep(0.5)
+                wait_app_ready(f"{url}/{name}")
                 print(f"{name}: {len(times)} requests over {args.day_s:.0f} s", flush=True)
                 results[name] = measure(f"{url}/{name}", times)
                 results[name]["simulated"] = simulated(pools, trace, args.day_s)

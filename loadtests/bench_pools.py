@@ -22,14 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
-from loadtests.harness import RESULTS, Server, free_port
+from loadtests.harness import RESULTS, Server, free_port, label, metric_samples, wait_app_ready
 from loadtests.openloop import Point, Request, arrivals, offer
 
 # Prices (see README, "Hybrid pools"): a cloud GPU at its on-demand price per GPU-hour; an
@@ -84,16 +81,8 @@ def schedule(base: float, peak: float, phase_s: float, seed: int) -> list[float]
 
 def counters(url: str) -> dict[str, float]:
     """The gateway's pool and cost counters, as ``name{labels}`` -> value."""
-    text = httpx.get(f"{url}/metrics", timeout=30).text
-    keep = ("serving_pool_rows_total{", "serving_cost_dollars_total{",
-            "serving_energy_joules_total{")
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines() if line.startswith(keep)}
-
-
-def pool_of(key: str) -> str:
-    match = re.search(r'pool="([^"]+)"', key)
-    return match.group(1) if match else "?"
+    return metric_samples(url, ("serving_pool_rows_total{", "serving_cost_dollars_total{",
+                                "serving_energy_joules_total{"))
 
 
 def measure(url: str, times: list[float]) -> dict:
@@ -108,7 +97,7 @@ def measure(url: str, times: list[float]) -> dict:
     dollars = 0.0
     for key, value in delta.items():
         if key.startswith("serving_pool_rows_total"):
-            rows[pool_of(key)] = rows.get(pool_of(key), 0.0) + value
+            rows[label(key, "pool")] = rows.get(label(key, "pool"), 0.0) + value
         elif key.startswith("serving_cost_dollars_total"):
             dollars += value
     good = points["all"].good
@@ -144,11 +133,7 @@ def main() -> int:
                         ready_path="/hybrid/v2/health/ready")
         with server as url:
             for name in SETUPS:
-                deadline = time.monotonic() + 120
-                while httpx.get(f"{url}/{name}/v2/health/ready", timeout=5).status_code != 200:
-                    if time.monotonic() > deadline:
-                        raise SystemExit(f"{name} not ready")
-                    time.sleep(0.5)
+                wait_app_ready(f"{url}/{name}")
                 asyncio.run(offer(f"{url}/{name}/v2/models/digits/infer",
                                   arrivals("poisson", args.base, 3.0, 99), request))  # warm
                 print(f"{name}: {len(times)} requests over {3 * args.phase_s:.0f} s",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -47,6 +48,29 @@ def app_config(port: int, import_path: str, args: dict[str, Any]) -> dict[str, A
             {"name": "app", "route_prefix": "/", "import_path": import_path, "args": args}
         ],
     }
+
+
+def metric_samples(url: str, prefixes: tuple[str, ...]) -> dict[str, float]:
+    """The samples of the server's ``/metrics`` whose lines start with one of ``prefixes``,
+    as ``name{labels}`` -> value."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line.startswith(prefixes)}
+
+
+def label(key: str, name: str) -> str:
+    """The value of label ``name`` in a ``name{labels}`` key (``?`` if it has none)."""
+    match = re.search(rf'{name}="([^"]+)"', key)
+    return match.group(1) if match else "?"
+
+
+def wait_app_ready(url: str, timeout_s: float = 120) -> None:
+    """Poll an application's ``/v2/health/ready`` until 200; exit after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(f"{url}/v2/health/ready", timeout=5).status_code != 200:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{url} not ready after {timeout_s:.0f} s")
+        time.sleep(0.5)
 
 
 class Server:

@@ -63,6 +63,18 @@ class Day:
         return 1000 * sum(self.dollars.values()) / max(self.good, 1.0)
 
 
+def seconds_per_request(fleet: Fleet) -> dict[str, float]:
+    """Device seconds one request (one row, the class mix) costs on each pool, at the batch
+    sizes its deadline allows: the gateway's own :meth:`DemandMeter.seconds_per_row`."""
+    states = {n: pool_state(n, p, 1) for n, p in fleet.pools.items()}
+    meter = DemandMeter({MODEL: states}, {MODEL: fleet.max_rows}, safety_s=fleet.safety_s)
+    return {
+        n: sum(share * meter.seconds_per_row(MODEL, states[n], fleet.classes[c].latency_ms / 1e3)
+               for c, share in fleet.mix.items()) / sum(fleet.mix.values())
+        for n in fleet.pools
+    }
+
+
 def simulate_day(
     fleet: Fleet,
     rate: Callable[[float], float],
@@ -82,16 +94,10 @@ def simulate_day(
     ranks = pool_ranks(fleet.pools)
     scaled = [scaled_pool(MODEL, n, p, ranks[n], fleet.autoscaling)
               for n, p in fleet.pools.items()]
+    by_pool = {s.pool: s for s in scaled}
     deployment = {s.pool: s.deployment for s in scaled}
     policy = ScalingPolicy(scaled)
-    states = {n: pool_state(n, p, 1) for n, p in fleet.pools.items()}
-    meter = DemandMeter({MODEL: states}, {MODEL: fleet.max_rows}, safety_s=fleet.safety_s)
-    # Device seconds per request on each pool, for the class mix (one row per request).
-    per_request = {
-        n: sum(share * meter.seconds_per_row(MODEL, states[n], fleet.classes[c].latency_ms / 1e3)
-               for c, share in fleet.mix.items()) / sum(fleet.mix.values())
-        for n in fleet.pools
-    }
+    per_request = seconds_per_request(fleet)
     cost = CostMeter(fleet.pools, clock=lambda: clock[0])
     running = {n: p.min_replicas for n, p in fleet.pools.items()}
     starting: dict[str, list[float]] = {n: [] for n in fleet.pools}
@@ -117,8 +123,7 @@ def simulate_day(
                 day.scale_events[name] += 1
                 targets[name] = target
             _converge(name, target, running, starting, t,
-                      policy.cold_start_s(next(s for s in scaled if s.pool == name))
-                      + fleet.controller_delay_s)
+                      policy.cold_start_s(by_pool[name]) + fleet.controller_delay_s)
         # Fluid service: on-prem first; the cloud takes what is left, less what must stay.
         uncovered, busy = 1.0, {}
         for name in onprem + cloud:
