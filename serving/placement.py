@@ -19,6 +19,8 @@ from serving.config import AutoscalingSettings, GatewayConfig, PoolConfig
 # replicas, so CPUs, GPUs and memory, not this marker, bound how many fit.
 RESOURCE_PER_REPLICA = 0.001
 SPARE_CALLS = 4
+# Each batch goes to the replica with the fewest of this gateway's batches (serving.balancing).
+REQUEST_ROUTER = "serving.balancing:LeastBusyRouter"
 
 
 def worker_name(model: str, pool: str) -> str:
@@ -68,6 +70,7 @@ def worker_options(
         # status probes, and for a finished call the replica has not yet counted out.
         "max_ongoing_requests": (pool.max_batches_in_flight + SPARE_CALLS) * gateway_replicas,
         "ray_actor_options": actor,
+        "request_router_config": {"request_router_class": REQUEST_ROUTER},
     }
     if scaling is None:
         options["num_replicas"] = pool.min_replicas
