@@ -95,10 +95,11 @@ def replicas_for(trace: DiurnalTrace, day_s: float, quantile: float) -> int:
     return math.ceil(rate * per_request / sim.pools["onprem-gpu"].target_utilization)
 
 
-def document(port: int, apps: dict[str, dict]) -> dict:
-    return {"proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": port},
-            "grpc_options": {"port": free_port(), "grpc_servicer_functions": [
-                "serving.protocol.grpc.add_servicer_to_server"]},
+def document(ports: dict[str, int], apps: dict[str, dict]) -> dict:
+    """One Serve instance, one application per setup, each serving HTTP on its own port."""
+    first = next(iter(ports.values()))
+    return {"proxy_location": "Disabled",
+            "http_options": {"host": "127.0.0.1", "port": first},
             "logging_config": {"log_level": "WARNING"},
             "applications": [
                 {"name": name, "route_prefix": f"/{name}",
@@ -106,6 +107,7 @@ def document(port: int, apps: dict[str, dict]) -> dict:
                  "autoscaling_policy": {
                      "policy_function": "serving.autoscaler:GatewayAutoscaler"},
                  "args": {"model_repository": "models", "models": ["digits"],
+                          "http_port": ports[name],
                           "slo_classes": CLASSES, "default_slo_class": "standard",
                           "deadline_margin_ms": MARGIN_MS, "autoscaling": AUTOSCALING,
                           "pools": pools}}
@@ -239,13 +241,13 @@ def main() -> int:
     apps = setups(replicas_for(trace, args.day_s, 1.0), replicas_for(trace, args.day_s, 0.75))
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-diurnal-") as tmp:
-        server = Server("diurnal", document(free_port(), apps), Path(tmp), fast_ingress=True,
-                        ready_path="/hybrid/v2/health/ready")
-        with server as url:
+        ports = {name: free_port() for name in apps}
+        with Server("diurnal", document(ports, apps), Path(tmp)):
             for name, pools in apps.items():
-                wait_app_ready(f"{url}/{name}")
+                url = f"http://127.0.0.1:{ports[name]}"
+                wait_app_ready(url)
                 print(f"{name}: {len(times)} requests over {args.day_s:.0f} s", flush=True)
-                results[name] = measure(f"{url}/{name}", times)
+                results[name] = measure(url, times)
                 results[name]["simulated"] = simulated(pools, trace, args.day_s)
                 print(table({name: results[name]}).splitlines()[-1], flush=True)
     markdown = table(results)

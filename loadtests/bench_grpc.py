@@ -111,7 +111,7 @@ def main() -> None:
         triton = TritonServer([spec], http_port=free_port(), grpc_port=free_port(),
                               log=workdir / "tritonserver.log")
         document = gateway_config(http_port, ["digits"], grpc_port)
-        with triton, Server("gateway", document, workdir, fast_ingress=True):
+        with triton, Server("gateway", document, workdir):
             targets = {
                 "gateway HTTP": lambda: http_call(f"127.0.0.1:{http_port}", HEADERS),
                 "gateway gRPC": lambda: grpc_call(f"127.0.0.1:{grpc_port}", HEADERS),

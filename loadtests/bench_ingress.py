@@ -1,78 +1,170 @@
-"""Fast ingress (HAProxy + direct ingress) vs Ray Serve's default proxy, side by side.
+"""The gateway's own ingress vs the one before it and Ray Serve's default proxy, side by side:
+closed-loop throughput over HTTP and gRPC, and CPU per request by process.
 
-    python loadtests/bench_ingress.py [--seconds 20] [--concurrency 1 32] [--repeats 1]
+    python loadtests/bench_ingress.py [--seconds 15] [--concurrency 1 32] [--repeats 1]
+                                      [--before e53a3f0]
 
-For each repeat and each ingress it starts the gateway with ``serving run`` on a free
-127.0.0.1 port (digits only), runs a bounded closed-loop locust load at each concurrency,
-stops the gateway by its PID (SIGINT), and finally prints a markdown table of medians across
-repeats (requests/s, p50, p99, failures) with the fast/default ratio, and writes JSON to
-``loadtests/results/``. Everything is bounded in time and stops by itself.
+Modes, each started with ``serving run`` on free 127.0.0.1 ports (digits only):
+- ``own``: this checkout (the gateway replica's own HTTP and gRPC servers);
+- ``before``: ``--before`` (a git revision; default the last commit before the own ingress,
+  which ran Ray Serve's HAProxy + direct ingress) from a temporary git worktree;
+- ``default``: this checkout behind Ray Serve's default Python proxy (``--default-proxy``).
+
+Per mode and concurrency: locust (HTTP, ``FastHttpUser``) and tritonclient's asyncio gRPC
+client send one-row requests back to back in the ``batch`` class. CPU seconds are read per
+process around each run (gateway replica, worker replicas, proxies, the rest of Ray, the
+load generator) and divided by the requests answered. Prints a markdown table of medians
+across repeats and writes JSON to ``loadtests/results/``. Bounded in time; servers stop by
+their PID.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import resource
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from loadtests.harness import RESULTS, Server, free_port, gateway_config, run_locust
+import psutil
 
-MODES = {"fast": True, "default": False}
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from loadtests.bench_grpc import HEADERS, closed_loop, grpc_call  # noqa: E402
+from loadtests.bench_slo import BEFORE  # noqa: E402
+from loadtests.harness import (  # noqa: E402
+    RESULTS,
+    Server,
+    free_port,
+    gateway_config,
+    run_locust,
+    worktree,
+)
+
+# Process roles, by what their command line contains (first match wins).
+ROLES = (("gateway", ":Gateway"), ("worker", ":worker-"), ("proxy", "ProxyActor"),
+         ("proxy", "haproxy"), ("proxy", "HAProxy"))
+
+
+def role(cmdline: str) -> str:
+    return next((name for name, mark in ROLES if mark in cmdline), "ray")
+
+
+def server_cpu(server: Server) -> dict[str, float]:
+    """CPU seconds so far of the server's processes, by role."""
+    assert server.process is not None
+    root = psutil.Process(server.process.pid)
+    totals: dict[str, float] = {}
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+            name = role(" ".join(process.cmdline()))
+        except psutil.Error:
+            continue
+        totals[name] = totals.get(name, 0.0) + times.user + times.system
+    return totals
+
+
+def load_cpu() -> float:
+    """CPU seconds of this process and its finished children (locust)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+def measured(server: Server, run: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """``run``'s figures plus CPU milliseconds per answered request by role."""
+    before, load_before = server_cpu(server), load_cpu()
+    result = run()
+    after, load_after = server_cpu(server), load_cpu()
+    answered = max(result["requests"], 1)
+    for name in sorted(set(after) | set(before)):
+        result[f"cpu_ms_{name}"] = (after.get(name, 0) - before.get(name, 0)) * 1e3 / answered
+    result["cpu_ms_load"] = (load_after - load_before) * 1e3 / answered
+    return result
+
+
+def bench_mode(mode: str, root: Path, workdir: Path, args: argparse.Namespace) -> list[dict]:
+    port, grpc_port = free_port(), free_port()
+    document = gateway_config(port, ["digits"], grpc_port)
+    if mode == "before":  # the config of its day: Ray Serve's proxy (HAProxy) was the ingress
+        document["proxy_location"] = "HeadOnly"
+    runs = []
+    server = Server(mode, document, workdir, default_proxy=mode == "default", root=root)
+    with server:
+        run_locust(port, 4, 3, workdir)  # warm-up, discarded
+        for users in args.concurrency:
+            http = measured(server, lambda u=users: run_locust(port, u, args.seconds, workdir))
+            grpc = measured(server, lambda u=users: asyncio.run(closed_loop(
+                lambda: grpc_call(f"127.0.0.1:{grpc_port}", HEADERS), u, args.seconds)))
+            for protocol, result in (("http", http), ("grpc", grpc)):
+                runs.append({"mode": mode, "users": users, "protocol": protocol, **result})
+                print(f"{mode:7s} {protocol:4s} c={users:<3d} "
+                      + " ".join(f"{k}={v:.3g}" for k, v in result.items()), flush=True)
+    return runs
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--before", default=BEFORE, help="git revision of the 'before' mode")
+    parser.add_argument("--modes", nargs="+", default=["own", "before", "default"])
     args = parser.parse_args()
     runs: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-ingress-") as tmp, \
+            worktree(args.before) as before_root:
         workdir = Path(tmp)
-        for repeat in range(args.repeats):
-            for mode, fast in MODES.items():
-                port = free_port()
-                with Server(mode, gateway_config(port, ["digits"]), workdir, fast_ingress=fast):
-                    run_locust(port, 4, 3, workdir)  # warm-up, discarded
-                    for users in args.concurrency:
-                        result = run_locust(port, users, args.seconds, workdir)
-                        runs.append({"repeat": repeat, "mode": mode, "users": users, **result})
-                        print(f"repeat {repeat} {mode:7s} c={users:<3d} {result}", flush=True)
+        for _ in range(args.repeats):
+            for mode in args.modes:
+                root = before_root if mode == "before" else ROOT
+                runs += bench_mode(mode, root, workdir, args)
     table = summarize(runs, args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (RESULTS / f"ingress-{stamp}.json").write_text(
-        json.dumps({"args": vars(args), "runs": runs}, indent=2)
-    )
+        json.dumps({"args": vars(args), "runs": runs}, indent=2))
     print(table)
     return 0
 
 
 def summarize(runs: list[dict], args: argparse.Namespace) -> str:
-    def median(mode: str, users: int, key: str) -> float:
-        return statistics.median(r[key] for r in runs if r["mode"] == mode and r["users"] == users)
+    def median(mode: str, users: int, protocol: str, key: str) -> float:
+        values = [r.get(key, 0.0) for r in runs
+                  if (r["mode"], r["users"], r["protocol"]) == (mode, users, protocol)]
+        return statistics.median(values) if values else float("nan")
 
+    cpu_roles = ["gateway", "worker", "proxy", "ray", "load"]
     lines = [
-        f"digits, binary OIP request of 1 row, SLO class batch, closed loop, "
-        f"{args.seconds}s per point, "
-        f"median of {args.repeats} run(s)",
+        f"digits, one-row requests, SLO class batch, closed loop, {args.seconds} s per point, "
+        f"median of {args.repeats} run(s); CPU ms per request by process",
         "",
-        "| clients | ingress | req/s | p50 ms | p99 ms | failures | req/s fast ÷ default |",
-        "|---|---|---|---|---|---|---|",
+        "| protocol | clients | ingress | req/s | p50 ms | p99 ms | failures | ÷ before | "
+        + " | ".join(f"CPU {r}" for r in cpu_roles) + " |",
+        "|---" * (8 + len(cpu_roles)) + "|",
     ]
-    for users in args.concurrency:
-        ratio = median("fast", users, "rps") / max(median("default", users, "rps"), 1e-9)
-        for mode in MODES:
-            lines.append(
-                f"| {users} | {mode} | {median(mode, users, 'rps'):.0f} | "
-                f"{median(mode, users, 'p50_ms'):.0f} | {median(mode, users, 'p99_ms'):.0f} | "
-                f"{median(mode, users, 'failures'):.0f} | "
-                + (f"{ratio:.2f}× |" if mode == "fast" else "|")
-            )
+    for protocol in ("http", "grpc"):
+        for users in args.concurrency:
+            base = median("before", users, protocol, "rps")
+            for mode in args.modes:
+                rps = median(mode, users, protocol, "rps")
+                lines.append(
+                    f"| {protocol} | {users} | {mode} | {rps:.0f} | "
+                    f"{median(mode, users, protocol, 'p50_ms'):.1f} | "
+                    f"{median(mode, users, protocol, 'p99_ms'):.1f} | "
+                    f"{median(mode, users, protocol, 'failures'):.0f} | "
+                    f"{rps / base:.2f}× | "
+                    + " | ".join(f"{median(mode, users, protocol, f'cpu_ms_{r}'):.2f}"
+                                 for r in cpu_roles) + " |")
     return "\n".join(lines)
 
 

@@ -56,7 +56,7 @@ def main() -> int:
     raw = raw_rate(threads)
     with tempfile.TemporaryDirectory(prefix="bench-minilm-") as tmp:
         port = free_port()
-        with Server("gateway", gateway_config(port, ["minilm"]), Path(tmp), fast_ingress=True):
+        with Server("gateway", gateway_config(port, ["minilm"]), Path(tmp)):
             run_locust(port, 4, 5, Path(tmp), model="minilm")  # warm-up
             gateway = run_locust(port, args.clients, args.seconds, Path(tmp), model="minilm")
     ratio = gateway["rps"] / raw["rows_per_s"]

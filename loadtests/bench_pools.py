@@ -129,7 +129,7 @@ def main() -> int:
     times = schedule(args.base, args.peak, args.phase_s, args.seed)
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-pools-") as tmp:
-        server = Server("pools", document(free_port()), Path(tmp), fast_ingress=True,
+        server = Server("pools", document(free_port()), Path(tmp),
                         ready_path="/hybrid/v2/health/ready")
         with server as url:
             for name in SETUPS:

@@ -41,7 +41,7 @@ def main() -> int:
     data, headers = body()
     with tempfile.TemporaryDirectory(prefix="bench-recovery-") as tmp:
         server = Server(
-            "gateway", gateway_config(free_port(), ["digits"]), Path(tmp), fast_ingress=True
+            "gateway", gateway_config(free_port(), ["digits"]), Path(tmp)
         )
         with server as url:
             replica = gateway_replica()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import tempfile
 import time
@@ -33,11 +34,13 @@ from loadtests.harness import (
     best_batch_rate,
     free_port,
     gateway_config,
+    worktree,
 )
 from loadtests.openloop import BURSTY_CV, Point, run
 
 MODEL = ROOT / "models" / "digits" / "1" / "model.onnx"
 BASELINE = "loadtests.baselines.serve_batch:build_app"
+BEFORE = "e53a3f0"  # main before the gateway served HTTP and gRPC itself (issue 12)
 
 
 def body() -> tuple[bytes, dict[str, str]]:
@@ -83,11 +86,14 @@ class TritonSystem:
         self.server.stop()
 
 
-PEERS = ("serve.batch default", "serve.batch tuned", "triton")
+PEERS = ("gateway before", "serve.batch default", "serve.batch tuned", "triton")
 
 
-def systems(workdir: Path, peers: list[str]) -> dict[str, Server | TritonSystem]:
-    """The gateway first (its capacity sets the bursty rate), then the chosen peers."""
+def systems(
+    workdir: Path, peers: list[str], before: Path | None = None
+) -> dict[str, Server | TritonSystem]:
+    """The gateway first (its capacity sets the bursty rate), then the chosen peers;
+    ``before``: a checkout of the gateway as it was (``--before``), run as a peer."""
 
     def baseline(name: str, **knobs) -> Server:
         args = {"model_path": str(MODEL), "intra_op_num_threads": 1, **knobs}
@@ -95,15 +101,17 @@ def systems(workdir: Path, peers: list[str]) -> dict[str, Server | TritonSystem]
             name,
             app_config(free_port(), BASELINE, args),
             workdir,
-            fast_ingress=False,
+            default_proxy=True,
             ready_path="/",
         )
 
     found: dict[str, Server | TritonSystem] = {
         "gateway": Server(
-            "gateway", gateway_config(free_port(), ["digits"]), workdir, fast_ingress=True
+            "gateway", gateway_config(free_port(), ["digits"]), workdir
         ),
         "serve.batch default": baseline("serve-batch-default"),
+        **({"gateway before": Server("gateway-before", before_config(), workdir, root=before)}
+           if before is not None else {}),
         "serve.batch tuned": baseline(
             "serve-batch-tuned", max_batch_size=64, batch_wait_timeout_s=0.002
         ),
@@ -113,6 +121,11 @@ def systems(workdir: Path, peers: list[str]) -> dict[str, Server | TritonSystem]
     elif "triton" in peers:
         print("triton: skipped (run `make triton-env` to include it)", flush=True)
     return {name: system for name, system in found.items() if name == "gateway" or name in peers}
+
+
+def before_config() -> dict:
+    """The gateway's config as of ``--before``: Ray Serve's proxy (HAProxy) as the ingress."""
+    return {**gateway_config(free_port(), ["digits"]), "proxy_location": "HeadOnly"}
 
 
 def drain(url: str, limit_s: float = 60.0) -> None:
@@ -173,13 +186,18 @@ def main() -> int:
     parser.add_argument(
         "--peers", nargs="*", choices=PEERS, default=list(PEERS), help="systems beside the gateway"
     )
+    parser.add_argument("--before", default=BEFORE,
+                        help="git revision of the 'gateway before' peer")
     args = parser.parse_args()
     slo_s = args.slo_ms / 1e3
     results: dict[str, dict] = {"raw onnxruntime": {"limit": raw_limit()}}
     print(f"raw limit: {results['raw onnxruntime']['limit']}", flush=True)
     bursty_rate = None
-    with tempfile.TemporaryDirectory(prefix="bench-slo-") as tmp:
-        for name, server in systems(Path(tmp), args.peers).items():
+    with tempfile.TemporaryDirectory(prefix="bench-slo-") as tmp, \
+            contextlib.ExitStack() as stack:
+        before = (stack.enter_context(worktree(args.before))
+                  if "gateway before" in args.peers else None)
+        for name, server in systems(Path(tmp), args.peers, before).items():
             print(f"{name}:", flush=True)
             with server as url:
                 points = sweep(url, args.rates, args.seconds, slo_s)

@@ -3,6 +3,7 @@ own Ray instance; bounded waits; stopped by its own PID (SIGINT, as Ctrl-C)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,8 @@ def wait_app_ready(url: str, timeout_s: float = 120) -> None:
 
 
 class Server:
-    """``with Server(name, document, workdir, fast_ingress=...) as url:`` serves until exit."""
+    """``with Server(name, document, workdir) as url:`` serves until exit; with
+    ``default_proxy``, behind Ray Serve's own proxy (``serving run --default-proxy``)."""
 
     def __init__(
         self,
@@ -82,11 +84,12 @@ class Server:
         document: dict[str, Any],
         workdir: Path,
         *,
-        fast_ingress: bool,
+        default_proxy: bool = False,
         ready_path: str = "/v2/health/ready",
+        root: Path = ROOT,
     ) -> None:
-        self.name, self.document, self.workdir = name, document, workdir
-        self.fast_ingress, self.ready_path = fast_ingress, ready_path
+        self.name, self.document, self.workdir, self.root = name, document, workdir, root
+        self.default_proxy, self.ready_path = default_proxy, ready_path
         self.port = document["http_options"]["port"]
         self.process: subprocess.Popen | None = None
         self.ray_tmp = ""
@@ -97,10 +100,13 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
         self.ray_tmp = tempfile.mkdtemp(prefix="srv-bench-", dir="/tmp")
         env["RAY_TMPDIR"] = self.ray_tmp
-        flags = [] if self.fast_ingress else ["--default-proxy"]
+        # Another checkout's code (a "before" worktree) in the server and its Ray workers.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.root),
+                                                          env.get("PYTHONPATH")]))
+        flags = ["--default-proxy"] if self.default_proxy else []
         self.process = subprocess.Popen(
             [sys.executable, "-m", "serving.cli", "run", str(config), *flags],
-            cwd=ROOT,
+            cwd=self.root,
             env=env,
             stdout=(self.workdir / f"{self.name}.log").open("wb"),
             stderr=subprocess.STDOUT,
@@ -123,6 +129,25 @@ class Server:
         if self.process is not None:
             processes.stop(self.process)
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def worktree(revision: str) -> Iterator[Path]:
+    """A temporary git worktree of this repository at ``revision`` (its model files linked
+    from this checkout's), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="bench-before-", dir="/tmp")) / "tree"
+    subprocess.run(["git", "worktree", "add", "--detach", str(path), revision], cwd=ROOT,
+                   check=True, capture_output=True)
+    try:
+        for built in (ROOT / "models").glob("*/*"):  # model files are built, not committed
+            there = path / "models" / built.parent.name / built.name
+            if there.parent.is_dir() and not there.exists():
+                there.symlink_to(built)
+        yield path
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT,
+                       check=False, capture_output=True)
+        shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def run_locust(

@@ -129,7 +129,7 @@ def run(args: argparse.Namespace, out: Path) -> tuple[list[dict], list[tuple[flo
            "LOAD_GRPC_HOST": f"127.0.0.1:{grpc_port}", "LOAD_SLO_MS": json.dumps(deadlines),
            "LOAD_RECORDS": str(out / "records.csv")}
     env.pop("BENCH_SLO_CLASS", None)  # the mix decides the classes here
-    with Server(f"gateway-{args.shape}", doc, out, fast_ingress=True) as url:
+    with Server(f"gateway-{args.shape}", doc, out) as url:
         command = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests/locustfile.py"),
                    "--headless", "--host", url, "--html", str(out / "report.html"),
                    "--csv", str(out / "locust"), "-t", f"{args.duration + 5:.0f}s",

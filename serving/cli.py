@@ -5,12 +5,13 @@
 
 ``model-config`` prints a model's config.yaml as the gateway completes it from the ONNX graph.
 
-``run`` sets the fast-ingress environment (HAProxy + direct ingress, measured ~5x the default
-proxy's throughput on a 2-core machine; user code on the replica's main loop) unless
-``--default-proxy`` is given, starts a fresh local Ray instance (never attaching to someone
-else's) whose node declares a resource for every pool of the config (so a hybrid config runs
-on one machine), and replaces itself with ``serve run`` so Ctrl-C / SIGINT stops Serve
-cleanly.
+``run`` starts a fresh local Ray instance (never attaching to someone else's) whose node
+declares a resource for every pool of the config (so a hybrid config runs on one machine),
+with the replica settings of :data:`REPLICA_ENV`, and replaces itself with ``serve run`` so
+Ctrl-C / SIGINT stops Serve cleanly. The project's configs say ``proxy_location: Disabled``:
+the gateway replicas serve HTTP and gRPC themselves (:mod:`serving.server`).
+``--default-proxy`` runs a copy of the config with Ray Serve's own proxy instead (stock Ray
+Serve, the fallback ingress).
 """
 
 from __future__ import annotations
@@ -20,23 +21,22 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-FAST_INGRESS = {
-    "RAY_SERVE_ENABLE_HA_PROXY": "1",
-    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+REPLICA_ENV = {
     # Run user code and the handle router on the replica's main event loop: fewer thread
     # hops per request. At 600 req/s open loop on digits this doubled the gateway's goodput
     # on a 2-core machine (README, Benchmarks). Our replicas never block their loop.
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-    # A stopping replica waits this long for HAProxy to stop routing to it. Ray's default
-    # (30 s) made Ctrl-C of `make serve` take ~35 s; 5 s is ample on one node.
-    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
 }
+# Ray Serve's own fast ingress would bind the configured ports in every replica (and HAProxy's
+# listeners on all interfaces): off, whatever the environment says; the gateway serves itself.
+RAY_INGRESS_OFF = {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
 RESOURCES_ENV = "RAY_OVERRIDE_RESOURCES"  # what the local Ray node declares at start
 BASE_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -47,27 +47,39 @@ BASE_ENV = {
 
 def launch_env(
     *,
-    fast_ingress: bool,
+    default_proxy: bool = False,
     base: dict[str, str] | None = None,
     resources: dict[str, float] | None = None,
 ) -> dict[str, str]:
-    """The environment ``serve run`` gets; explicit settings in ``base`` win.
+    """The environment ``serve run`` gets; explicit settings in ``base`` win, except that
+    Ray Serve's HAProxy and direct ingress are always off (:data:`RAY_INGRESS_OFF`).
 
+    ``default_proxy``: stock Ray Serve (its Python proxy and Ray's own replica defaults).
     ``resources``: custom resources the local Ray node declares (one per pool of the
     config), so every pool's replicas can be placed on this machine.
     """
     env = dict(os.environ if base is None else base)
-    defaults = {**BASE_ENV, **(FAST_INGRESS if fast_ingress else {})}
-    for key, value in defaults.items():
+    for key, value in {**BASE_ENV, **({} if default_proxy else REPLICA_ENV)}.items():
         env.setdefault(key, value)
+    if default_proxy:
+        for key in REPLICA_ENV:
+            env.pop(key, None)
+    env.update(RAY_INGRESS_OFF)
     if resources:
         declared = json.loads(env.get(RESOURCES_ENV) or "{}")
         env[RESOURCES_ENV] = json.dumps({**resources, **declared})
-    if not fast_ingress:  # stock Ray Serve: the Python proxy and Ray's own defaults
-        for key in FAST_INGRESS:
-            env.pop(key, None)
-        env["RAY_SERVE_ENABLE_HA_PROXY"] = env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"
     return env
+
+
+def with_default_proxy(path: Path) -> Path:
+    """A copy of the config at ``path`` in which Ray Serve's proxy is the ingress (on the
+    head node), written to a temporary file (``serve run`` reads it once at start)."""
+    document = yaml.safe_load(path.read_text()) or {}
+    document["proxy_location"] = "HeadOnly"
+    handle, name = tempfile.mkstemp(prefix=f"{path.stem}-default-proxy-", suffix=".yaml")
+    with os.fdopen(handle, "w") as copy:
+        yaml.safe_dump(document, copy)
+    return Path(name)
 
 
 def serve_command(config: Path) -> list[str]:
@@ -180,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 2
-    command = serve_command(args.config)
-    env = launch_env(fast_ingress=not args.default_proxy, resources=pool_resources(args.config))
+    config = with_default_proxy(args.config) if args.default_proxy else args.config
+    command = serve_command(config)
+    env = launch_env(default_proxy=args.default_proxy, resources=pool_resources(args.config))
     os.execve(command[0], command, env)
     return 0  # unreachable: execve replaces the process
 

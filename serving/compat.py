@@ -1,10 +1,8 @@
-"""Patches of Ray Serve's private internals, each checked against the Ray version it was
-written for, so an upgrade that changes them degrades with a warning instead of breaking.
+"""Readers of Ray Serve's private internals (no public API gives what they read).
 
-- The gRPC call deadline: Ray 2.60 does not pass it to deployments. :class:`DeadlineContext`
-  replaces the context class the replica's direct-ingress gRPC server builds per call, so
-  the gateway sees ``time_remaining()``. Under the default proxy (which builds its own
-  contexts) the deadline stays unknown; clients there can send ``parameters.timeout``.
+- The gateway's own ingress: :func:`own_ingress` asks Serve's controller for the YAML's
+  ``proxy_location``, ``http_options`` and ``grpc_options`` (no public API hands them to a
+  replica).
 - Running replicas: :func:`running_replicas` reads them from a handle's router, which the
   controller keeps current by long poll. ``serve.status()`` says the same but costs tens of
   milliseconds of CPU per call (it pickles every deployment's config): polled each second,
@@ -14,44 +12,33 @@ written for, so an upgrade that changes them degrades with a warning instead of 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
-import ray
-from ray.serve._private import replica as serve_replica
-from ray.serve.grpc_util import RayServegRPCContext
+from serving.server import Listen
 
 logger = logging.getLogger(__name__)
-TESTED_RAY = "2.60."
 
 
-class DeadlineContext(RayServegRPCContext):
-    """Ray Serve's gRPC context plus the call's deadline, in wall-clock seconds (this context
-    may be pickled to another process)."""
+async def own_ingress(servicer_function: str) -> Listen | None:
+    """Where the gateway must serve itself: only when the Serve config runs no proxy
+    (``proxy_location: Disabled``); ``None`` when Serve's proxy serves (the fallback).
+    gRPC is served when ``grpc_options.grpc_servicer_functions`` names ``servicer_function``.
+    """
+    from ray.serve.config import ProxyLocation
+    from ray.serve.context import _get_global_client
 
-    def __init__(self, grpc_context: Any) -> None:
-        super().__init__(grpc_context)
-        remaining = grpc_context.time_remaining()
-        self.deadline_unix = None if remaining is None else time.time() + remaining
-
-
-def call_deadline(context: RayServegRPCContext) -> float | None:
-    """The call's deadline in ``time.monotonic()`` seconds, if the context knows it."""
-    deadline_unix = getattr(context, "deadline_unix", None)
-    if deadline_unix is None:
+    controller = _get_global_client()._controller
+    location = await controller.get_proxy_location.remote()
+    if location is not None and ProxyLocation(location) != ProxyLocation.Disabled:
         return None
-    return time.monotonic() + (deadline_unix - time.time())
-
-
-def install() -> bool:
-    """Install the patches if this is the Ray they were written for; say so either way."""
-    if not ray.__version__.startswith(TESTED_RAY):
-        logger.warning("Ray %s is not %sx: gRPC deadlines will not reach the gateway",
-                       ray.__version__, TESTED_RAY)
-        return False
-    if serve_replica.RayServegRPCContext is RayServegRPCContext:
-        serve_replica.RayServegRPCContext = DeadlineContext
-    return serve_replica.RayServegRPCContext is DeadlineContext
+    http = await controller.get_http_config.remote()
+    grpc_options = await controller.get_grpc_config.remote()
+    serves_grpc = servicer_function in (grpc_options.grpc_servicer_functions or [])
+    return Listen(
+        host=http.host or "127.0.0.1",
+        http_port=int(http.port),
+        grpc_port=int(grpc_options.port) if serves_grpc else None,
+    )
 
 
 def running_replicas(handle: Any) -> int | None:

@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from serving.datatypes import DATATYPES
 from serving.errors import ConfigError
-from serving.protocol.tensors import DATATYPES
 
 Datatype = Literal[tuple(DATATYPES)]  # type: ignore[valid-type]
 Dim = Annotated[int, Field(ge=-1)]
@@ -260,6 +260,28 @@ class GatewayConfig(_Strict):
     gateway_replicas: int = Field(default=1, ge=1, description="Gateway (ingress) replicas.")
     gateway_max_ongoing_requests: int = Field(
         default=1024, ge=1, description="Concurrent requests one gateway replica accepts."
+    )
+    gateway_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray custom resources each gateway replica requires: pins the gateway "
+        "(and so its HTTP and gRPC servers) to the nodes that declare them, where the load "
+        "balancer sends clients.",
+    )
+    http_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="Port of this application's own HTTP server; default: the Serve "
+        "config's http_options.port. Each gateway application of one Serve instance "
+        "needs ports of its own (replicas of one application share theirs).",
+    )
+    grpc_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="Port of this application's own gRPC server; default: the Serve "
+        "config's grpc_options.port if it lists the OIP servicer function, else no gRPC.",
+    )
+    gateway_max_connections: int = Field(
+        default=4096, ge=1,
+        description="Open connections plus requests in progress one gateway replica's "
+        "HTTP server accepts (503 beyond); also its gRPC server's concurrent calls.",
     )
     worker_timeout_s: float = Field(
         default=30.0, gt=0, description="Longest a worker call may take before 504."

@@ -11,26 +11,42 @@ import time
 import uuid
 
 from serving import __version__
+from serving.batching.entry import Entry
 from serving.batching.merge import rows
 from serving.batching.planner import BatchPlanner
 from serving.batching.queue import BatchQueue
 from serving.config import GatewayConfig, ModelSpec, TensorSpec
-from serving.errors import InvalidRequest, ModelNotFound, ModelNotReady, ServingError
-from serving.protocol.tensors import oip_datatype
-from serving.protocol.types import MetadataModelResponse, MetadataServerResponse, MetadataTensor
+from serving.datatypes import oip_datatype
+from serving.errors import (
+    InvalidRequest,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    ServingError,
+)
 from serving.routing.demand import DemandMeter
 from serving.routing.fleet import Fleet, Workers
 from serving.slo import SLOPolicy
 from serving.telemetry import metrics
 from serving.telemetry.stats import ModelStats
-from serving.types import InferRequest, InferResult, Tensors, WorkItem
+from serving.types import (
+    InferRequest,
+    InferResult,
+    ModelMetadata,
+    ServerMetadata,
+    TensorMetadata,
+    Tensors,
+    WorkItem,
+)
 
 logger = logging.getLogger(__name__)
 EXTENSIONS = ["binary_tensor_data", "statistics"]
+# What an early refusal judges: a request of one row, the fewest any request can have.
+_ONE_ROW = WorkItem("early-check", {})
 
 
-def _metadata(tensors: list[TensorSpec]) -> list[MetadataTensor]:
-    return [MetadataTensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in tensors]
+def _metadata(tensors: list[TensorSpec]) -> list[TensorMetadata]:
+    return [TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape) for t in tensors]
 
 
 class DataPlane:
@@ -96,8 +112,8 @@ class DataPlane:
                 reasons[name] = reason
         return not reasons, reasons
 
-    def server_metadata(self) -> MetadataServerResponse:
-        return MetadataServerResponse(name="serving", version=__version__, extensions=EXTENSIONS)
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata(name="serving", version=__version__, extensions=EXTENSIONS)
 
     def model_label(self, name: str) -> str:
         """``name`` as a metric label: unknown names share one label (bounded cardinality)."""
@@ -118,9 +134,9 @@ class DataPlane:
             )
         return spec
 
-    def model_metadata(self, name: str, version: str | None = None) -> MetadataModelResponse:
+    def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
         spec = self.spec(name, version)
-        return MetadataModelResponse(
+        return ModelMetadata(
             name=spec.name,
             versions=[spec.version],
             platform=spec.platform,
@@ -138,6 +154,38 @@ class DataPlane:
         """Triton's statistics response for one model, or every model if ``name`` is empty."""
         names = [self.spec(name, version).name] if name else list(self.specs)
         return {"model_stats": [self.stats[n].as_dict() for n in names]}
+
+    def refuse_early(
+        self,
+        model: str,
+        *,
+        slo_class: str | None,
+        residency: str | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        """Raise :class:`Overloaded` if a request for ``model`` in the SLO class its transport
+        named (header or metadata) would be refused now, whatever its body holds: judged as
+        one row. Lets a server refuse before it reads or decodes the body. Does nothing when
+        the transport named no class, or names something unknown: the full request then
+        gets its precise answer."""
+        spec = self.specs.get(model)
+        if spec is None or slo_class is None:
+            return
+        now = time.monotonic()
+        try:
+            ticket = self.slo.ticket(spec, {}, header_class=slo_class, now=now,
+                                     transport_deadline=deadline, header_residency=residency)
+        except InvalidRequest:
+            return
+        try:
+            self.queues[spec.name].planner.check_late(Entry(_ONE_ROW, ticket, 1), now)
+        except Overloaded:
+            self.demand.offered(spec.name, 1, ticket.budget_s, ticket.onprem_only)
+            self.demand.at_risk(spec.name)
+            metrics.REJECTIONS.labels(spec.name, ticket.slo_class, "predicted_late").inc()
+            metrics.SLO.labels(spec.name, ticket.slo_class, metrics.NO_POOL, "missed").inc()
+            self.stats[spec.name].request(False, 0.0, 1)
+            raise
 
     async def infer(self, request: InferRequest) -> InferResult:
         """Validate ``request`` against its model, run it, and return the requested outputs."""

@@ -25,7 +25,7 @@ from starlette.responses import Response
 from serving import compat
 from serving.config import GatewayConfig, ModelSpec, PoolConfig, parse_gateway_config
 from serving.dataplane import DataPlane
-from serving.errors import ConfigError, ServingError, grpc_status_name
+from serving.errors import ConfigError, ServingError
 from serving.placement import (
     gateway_options,
     missing_resources,
@@ -33,13 +33,14 @@ from serving.placement import (
     scaled_pool,
     worker_options,
 )
-from serving.protocol.grpc import UNARY_METHODS, Call, Encoded, GrpcAdapter
+from serving.protocol.grpc import SERVICER_FUNCTION, UNARY_METHODS, Encoded, GrpcAdapter
 from serving.protocol.rest import RestAdapter
 from serving.repository import load_repository
 from serving.runtimes.base import Runtime
 from serving.runtimes.emulated import EmulatedRuntime
 from serving.runtimes.onnx import OnnxRuntime
 from serving.runtimes.triton import TritonRuntime
+from serving.server import Ingress, Listen
 from serving.types import WorkItem
 from serving.worker import Result, Worker
 from serving.workers import RayWorkers
@@ -96,9 +97,11 @@ class ModelWorker:
 class Gateway:
     """Ingress: the OIP HTTP and gRPC adapters over one data plane.
 
-    Ray Serve's gRPC ingress calls the method named like the RPC (added below the class);
-    each delegates to :class:`GrpcAdapter` and turns a :class:`ServingError` into the
-    call's status.
+    When the Serve config runs no proxy (``proxy_location: Disabled``, as the project's
+    configs do), each replica serves HTTP and gRPC itself (:mod:`serving.server`) on the
+    config's ``http_options`` and ``grpc_options``. Otherwise Ray Serve's proxy is the
+    ingress (the fallback): it calls ``__call__`` for HTTP and, for gRPC, the method named
+    like the RPC (added below the class); both delegate to the same adapters.
     """
 
     async def __init__(
@@ -107,15 +110,38 @@ class Gateway:
         specs: dict[str, ModelSpec],
         workers: dict[str, dict[str, DeploymentHandle]],
     ) -> None:
-        # Here, not at import: Serve ships this class by value, so the replica's process
-        # may never import this module's body.
-        compat.install()
         app_name = serve.get_replica_context().app_name
         handles = RayWorkers(workers, timeout_s=config.worker_timeout_s, app_name=app_name)
         self.dataplane = DataPlane(config, specs, handles)
         self.dataplane.start()  # keeps the pools' replicas, readiness and cost current
         self.rest = RestAdapter(self.dataplane, max_request_bytes=config.max_request_bytes)
         self.grpc = GrpcAdapter(self.dataplane, max_request_bytes=config.max_request_bytes)
+        self.ingress: Ingress | None = None
+        listen = await compat.own_ingress(SERVICER_FUNCTION)
+        if listen is not None:
+            listen = Listen(
+                listen.host,
+                listen.http_port if config.http_port is None else config.http_port,
+                listen.grpc_port if config.grpc_port is None else config.grpc_port,
+            )
+            self.ingress = Ingress(
+                self.rest, self.grpc, listen,
+                max_in_flight=config.gateway_max_ongoing_requests,
+                max_connections=config.gateway_max_connections,
+                max_message_bytes=config.max_request_bytes,
+            )
+            await self.ingress.start()  # OSError (address in use...): the replica fails
+
+    async def stop(self) -> None:
+        """Stop serving: the servers first (requests in progress finish), then the pools."""
+        if self.ingress is not None:
+            await self.ingress.stop()
+            self.ingress = None
+        await self.dataplane.stop()
+
+    async def __del__(self) -> None:
+        # Ray Serve's shutdown hook for a replica is its callable's (async) __del__.
+        await self.stop()
 
     async def __call__(self, request: Request) -> Response:
         return await self.rest.handle(request)
@@ -125,16 +151,8 @@ class Gateway:
         return self.dataplane.autoscaling_stats()
 
     async def _grpc(self, method: str, request: Encoded, context: RayServegRPCContext) -> Message:
-        metadata = {key.lower(): value for key, value in context.invocation_metadata()}
-        call = Call(metadata=metadata, deadline=compat.call_deadline(context))
-        response, error = await self.grpc.handle(method, request, call)
-        if error is not None:
-            context.set_code(getattr(grpc.StatusCode, grpc_status_name(error)))
-            context.set_details(error.message)
-            if error.retry_after_s is not None:
-                retry = ("retry-after", str(max(1, round(error.retry_after_s))))
-                context.set_trailing_metadata([*context.trailing_metadata(), retry])
-        return response
+        # Ray Serve's proxy does not pass the call's deadline on: parameters.timeout does.
+        return await self.grpc.serve(method, request, context, None)
 
     async def ModelStreamInfer(
         self, requests: Any, grpc_context: RayServegRPCContext

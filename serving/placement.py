@@ -110,7 +110,7 @@ def gateway_options(config: GatewayConfig) -> dict:
             "look_back_period_s": 2 * DEMAND_INTERVAL_S,
         },
         "max_ongoing_requests": config.gateway_max_ongoing_requests,
-        "ray_actor_options": {"num_cpus": 0},
+        "ray_actor_options": {"num_cpus": 0, "resources": dict(config.gateway_resources)},
     }
 
 
@@ -126,7 +126,12 @@ def missing_resources(config: GatewayConfig, cluster: dict[str, float]) -> list[
     A pool with ``min_replicas: 0`` may rely on the cluster autoscaler to start its first
     node when the pool scales up, so its resource may be absent at start.
     """
-    return [
+    gateway = [
+        f"the gateway needs the Ray resource '{name}' (gateway_resources) on some node, and "
+        f"no node of the cluster declares it"
+        for name, amount in config.gateway_resources.items() if cluster.get(name, 0.0) < amount
+    ]
+    return gateway + [
         f"pool '{name}' needs the Ray resource '{name}' on some node, and no node of the "
         f"cluster declares it (ray start --resources '{{\"{name}\": 1}}', or a worker "
         f"group's rayStartParams.resources)"

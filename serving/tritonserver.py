@@ -27,7 +27,7 @@ import httpx
 
 from serving import processes
 from serving.config import ModelSpec
-from serving.protocol.tensors import TRITON_TYPES
+from serving.datatypes import TRITON_TYPES
 from serving.repository import load_model_spec
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -49,3 +49,30 @@ class WorkItem:
     id: str
     inputs: Tensors
     onprem_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TensorMetadata:
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    """What the OIP model metadata endpoint answers."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerMetadata:
+    """What the OIP server metadata endpoint answers."""
+
+    name: str
+    version: str
+    extensions: list[str]

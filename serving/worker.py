@@ -16,8 +16,8 @@ import numpy as np
 
 from serving.batching.merge import group_compatible, merge, split
 from serving.config import ModelSpec, TensorSpec
+from serving.datatypes import DATATYPES
 from serving.errors import BackendError, ModelNotReady, ServingError
-from serving.protocol.tensors import DATATYPES
 from serving.runtimes.base import Runtime
 from serving.types import Tensors, WorkItem
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.cli import FAST_INGRESS
+from serving.cli import RAY_INGRESS_OFF, REPLICA_ENV
 
 
 def free_port() -> int:
@@ -22,20 +22,16 @@ def free_port() -> int:
 
 
 # Ray reads these when it starts (and some when ray.serve is imported): a private temp dir,
-# no auth token, no usage stats, the project's fast ingress, and fallback-proxy ports that
-# cannot collide with a gateway the developer runs on the default ports.
+# no auth token, no usage stats, and the project's launch settings.
 _RAY_TMP = tempfile.mkdtemp(prefix="srv-", dir="/tmp")
 atexit.register(shutil.rmtree, _RAY_TMP, ignore_errors=True)  # after Ray has shut down
 for _key, _value in {
     "RAY_TMPDIR": _RAY_TMP,
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
-    **FAST_INGRESS,  # the project's launch settings (serving run)
-    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
-    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
+    **REPLICA_ENV,  # the project's launch settings (serving run)
+    **RAY_INGRESS_OFF,
     "RAY_DEDUP_LOGS": "0",
-    # Replicas drain 30 s by default before a direct-ingress shutdown; tests need not wait.
-    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
 }.items():
     os.environ.setdefault(_key, _value)
 

@@ -106,7 +106,7 @@ def test_kuberay_groups_are_valid_for_kuberay() -> None:
     # KubeRay rejects `priority` unless autoscaler v2 is named.
     assert spec["autoscalerOptions"]["version"] == "v2"
     head = spec["headGroupSpec"]
-    assert head["rayStartParams"]["num-cpus"] == "0"
+    assert head["resources"]["CPU"] == "0"
     assert head["template"]["spec"]["nodeSelector"][LOCATION_LABEL] == "onprem"
     label_utils = pytest.importorskip("ray._private.label_utils")
     for group in [head, *spec["workerGroupSpecs"]]:
@@ -142,7 +142,14 @@ def test_kuberay_groups_hold_every_pools_replicas(configs) -> None:
 def test_kuberay_clients_reach_the_head() -> None:
     documents = kuberay_documents()
     serve = yaml.safe_load(documents["ConfigMap"]["data"]["serve.yaml"])
-    assert serve["proxy_location"] == "HeadOnly" and serve["http_options"]["host"] == "0.0.0.0"
+    # No Serve proxy: the gateway replicas serve themselves, pinned to the head the Service
+    # selects by a resource only the head declares.
+    assert serve["proxy_location"] == "Disabled" and serve["http_options"]["host"] == "0.0.0.0"
+    pinned = serve["applications"][0]["args"]["gateway_resources"]
+    head_group = documents["RayCluster"]["spec"]["headGroupSpec"]
+    assert set(pinned) <= set(head_group["resources"])
+    for group in documents["RayCluster"]["spec"]["workerGroupSpecs"]:
+        assert not set(pinned) & set(group.get("resources") or {}), group["groupName"]
     service = documents["Service"]["spec"]
     assert service["selector"] == {"ray.io/cluster": documents["RayCluster"]["metadata"]["name"],
                                    "ray.io/node-type": "head"}

@@ -83,14 +83,19 @@ def test_the_kuberay_example_has_a_worker_group_for_every_pool(model_repository)
 
     from .conftest import ROOT
 
-    manifest = yaml.safe_load(
+    manifest, _service = yaml.safe_load_all(
         (ROOT / "configs" / "kubernetes" / "rayservice-hybrid.yaml").read_text())
     (app,) = yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"]
     config = parse_gateway_config({**app["args"], "model_repository": model_repository})
     load_repository(config)  # the models and their residency fit the pools
     groups = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]
-    declared = {name: float(n) for g in groups for name, n in g["resources"].items()}
+    head = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]
+    declared = {name: float(n) for g in [*groups, head] for name, n in g["resources"].items()
+                if name != "CPU"}
     assert missing_resources(config, declared) == []
+    assert missing_resources(config, {k: v for k, v in declared.items() if k != "gateway"}) == [
+        "the gateway needs the Ray resource 'gateway' (gateway_resources) on some node, and no "
+        "node of the cluster declares it"]
     by_pool = {next(iter(g["resources"])): g for g in groups}
     for name, pool in config.pools.items():  # the group runs on that location's nodes
         group = by_pool[name]

@@ -74,27 +74,7 @@ class BatchPlanner:
         With nothing queued or running, a request is always tried: a prediction can be
         wrong, and an idle pipeline that refused everything would never measure again.
         """
-        ticket = entry.ticket
-        if not any(p.available and may_run(p, entry) for p in self.pools):
-            where = "no on-prem pool" if ticket.onprem_only else "no pool"
-            raise Overloaded(
-                f"{where} of this model is up"
-                + (" (data residency 'onprem' keeps the request off cloud pools)"
-                   if ticket.onprem_only else ""),
-                retry_after_s=1.0,
-            )
-        predicted = self.predict_completion(entry, now)
-        if predicted > ticket.deadline and not self._idle():
-            residency = (
-                " on its on-prem pools (data residency 'onprem' keeps it off cloud pools)"
-                if ticket.onprem_only and any(p.cloud for p in self.pools) else ""
-            )
-            raise Overloaded(
-                f"SLO class '{ticket.slo_class}' cannot be met{residency}: predicted "
-                f"completion in {(predicted - now) * 1e3:.0f} ms, budget "
-                f"{ticket.budget_s * 1e3:.0f} ms",
-                retry_after_s=max(predicted - ticket.deadline, 1.0),
-            )
+        self.check(entry, now)
         evicted: list[Entry] = []
         if len(self.queue) >= self.max_queued:
             worst = self.queue[-1]
@@ -107,6 +87,40 @@ class BatchPlanner:
         bisect.insort(self.queue, entry, key=Entry.key)
         self._widest_rows = max(self._widest_rows, entry.rows)
         return evicted
+
+    def check(self, entry: Entry, now: float) -> None:
+        """Raise :class:`Overloaded` if ``entry`` would be refused now: no pool it may use is
+        up, or it would be late (:meth:`check_late`). Changes nothing."""
+        ticket = entry.ticket
+        if not any(p.available and may_run(p, entry) for p in self.pools):
+            where = "no on-prem pool" if ticket.onprem_only else "no pool"
+            raise Overloaded(
+                f"{where} of this model is up"
+                + (" (data residency 'onprem' keeps the request off cloud pools)"
+                   if ticket.onprem_only else ""),
+                retry_after_s=1.0,
+            )
+        self.check_late(entry, now)
+
+    def check_late(self, entry: Entry, now: float) -> None:
+        """Raise :class:`Overloaded` if a pool ``entry`` may use is up and its predicted
+        completion is past its deadline. Changes nothing, so a server can ask before it
+        reads a request's body (as the fewest rows the request can have)."""
+        ticket = entry.ticket
+        if not any(p.available and may_run(p, entry) for p in self.pools):
+            return
+        predicted = self.predict_completion(entry, now)
+        if predicted > ticket.deadline and not self._idle():
+            residency = (
+                " on its on-prem pools (data residency 'onprem' keeps it off cloud pools)"
+                if ticket.onprem_only and any(p.cloud for p in self.pools) else ""
+            )
+            raise Overloaded(
+                f"SLO class '{ticket.slo_class}' cannot be met{residency}: predicted "
+                f"completion in {(predicted - now) * 1e3:.0f} ms, budget "
+                f"{ticket.budget_s * 1e3:.0f} ms",
+                retry_after_s=max(predicted - ticket.deadline, 1.0),
+            )
 
     def fail_over(self, entry: Entry) -> bool:
         """Queue ``entry`` again after its pool went down, if another pool that is up may

@@ -5,9 +5,10 @@ ships (``tritonclient.grpc.service_pb2``), so server and clients share one gener
 Tensors come either typed (``contents.fp32_contents`` ...) or raw (``raw_input_contents``,
 the binary layout of :mod:`serving.protocol.tensors`); responses always carry outputs raw, as
 Triton does (``tritonclient`` reads only ``raw_output_contents``). Every RPC of the service
-is answered: those the gateway does not serve get UNIMPLEMENTED. Transport details
-(metadata, deadline) arrive as a :class:`Call`; errors come back as a :class:`ServingError`
-for the Ray layer to turn into a gRPC status through :mod:`serving.errors`.
+is answered: those the gateway does not serve get UNIMPLEMENTED. :meth:`GrpcAdapter.serve`
+answers a call on its server's context (``grpc.aio``'s, or Ray Serve's in the fallback
+ingress): it sets the status from :mod:`serving.errors`, and ``retry-after`` trailing metadata
+on refusals.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tritonclient.grpc import model_config_pb2 as config_pb
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from serving import datatypes
 from serving.dataplane import DataPlane
 from serving.errors import (
     BackendError,
@@ -32,13 +34,13 @@ from serving.errors import (
     PayloadTooLarge,
     ServingError,
     Unimplemented,
+    grpc_status_name,
 )
 from serving.protocol import tensors
-from serving.protocol.types import MetadataTensor
 from serving.slo import HEADER as SLO_HEADER
 from serving.slo import RESIDENCY_HEADER
 from serving.telemetry import metrics
-from serving.types import InferRequest, InferResult
+from serving.types import InferRequest, InferResult, TensorMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +132,7 @@ def parameters_dict(parameters: Any) -> dict[str, Any]:
 
 
 def _decode_tensor(item: pb.ModelInferRequest.InferInputTensor, shape: list[int]) -> np.ndarray:
-    tensors.numpy_dtype(item.datatype, tensor=item.name)  # unknown datatype -> 400
+    datatypes.numpy_dtype(item.datatype, tensor=item.name)  # unknown datatype -> 400
     slot = CONTENTS.get(item.datatype)
     if slot is None:
         raise InvalidRequest(
@@ -190,12 +192,12 @@ def encode_infer_response(result: InferResult) -> pb.ModelInferResponse:
         model_name=result.model, model_version=result.version, id=result.id or ""
     )
     for name, array in result.outputs.items():
-        response.outputs.add(name=name, datatype=tensors.oip_datatype(array), shape=array.shape)
+        response.outputs.add(name=name, datatype=datatypes.oip_datatype(array), shape=array.shape)
         response.raw_output_contents.append(tensors.encode_binary(array))
     return response
 
 
-def _tensor_metadata(items: list[MetadataTensor]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+def _tensor_metadata(items: list[TensorMetadata]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
     return [
         pb.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape)
         for t in items
@@ -203,6 +205,15 @@ def _tensor_metadata(items: list[MetadataTensor]) -> list[pb.ModelMetadataRespon
 
 
 Handler = Callable[[Any, Call], Awaitable[Message]]
+
+
+def set_error(context: Any, error: ServingError) -> None:
+    """Put ``error`` on a servicer context: status code, details, ``retry-after``."""
+    context.set_code(getattr(grpc.StatusCode, grpc_status_name(error)))
+    context.set_details(error.message)
+    if error.retry_after_s is not None:
+        retry = ("retry-after", str(max(1, round(error.retry_after_s))))
+        context.set_trailing_metadata((*(context.trailing_metadata() or ()), retry))
 
 
 class GrpcAdapter:
@@ -231,6 +242,17 @@ class GrpcAdapter:
                     getattr(pb, method.input_type.name),
                     getattr(pb, method.output_type.name),
                 )
+
+    async def serve(
+        self, method: str, request: Message | Encoded, context: Any, deadline: float | None
+    ) -> Message:
+        """Answer one call on ``context`` (a gRPC servicer context), setting its status;
+        never raises. ``deadline``: the call's, in ``time.monotonic()`` seconds, if known."""
+        metadata = {key.lower(): value for key, value in context.invocation_metadata() or ()}
+        response, error = await self.handle(method, request, Call(metadata, deadline))
+        if error is not None:
+            set_error(context, error)
+        return response
 
     async def handle(
         self, method: str, request: Message | Encoded, call: Call
@@ -294,7 +316,7 @@ class GrpcAdapter:
             return shape[1:] if batched else shape
 
         def data_type(datatype: str) -> int:
-            return config_pb.DataType.Value(tensors.TRITON_TYPES[datatype])
+            return config_pb.DataType.Value(datatypes.TRITON_TYPES[datatype])
 
         config = config_pb.ModelConfig(
             name=spec.name,
@@ -322,6 +344,10 @@ class GrpcAdapter:
                 raise PayloadTooLarge(
                     f"request of {size} bytes exceeds the {self.max_request_bytes}-byte limit"
                 )
+            self.dataplane.refuse_early(
+                request.model_name, slo_class=call.metadata.get(SLO_HEADER),
+                residency=call.metadata.get(RESIDENCY_HEADER), deadline=call.deadline,
+            )
             infer_request = decode_infer_request(request)
             infer_request.slo_class = call.metadata.get(SLO_HEADER)
             infer_request.residency = call.metadata.get(RESIDENCY_HEADER)

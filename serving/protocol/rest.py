@@ -13,12 +13,14 @@ import logging
 import re
 import zlib
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Any
 
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from serving import datatypes
 from serving.dataplane import DataPlane
 from serving.errors import InvalidRequest, PayloadTooLarge, ServingError
 from serving.protocol import tensors
@@ -37,6 +39,7 @@ _MODEL = r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 # ASCII digits only: str.isdigit() also accepts digits such as "²", which int() refuses.
 _LENGTH = re.compile(r"[0-9]{1,18}")
 _DECOMPRESSORS: dict[str, int] = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+_INFER = re.compile(_MODEL + r"/infer")
 
 
 def json_response(
@@ -67,13 +70,13 @@ class RestAdapter:
             ("GET", re.compile(_MODEL + r"/?"), self.model_metadata),
             ("GET", re.compile(_MODEL + r"/ready"), self.model_ready),
             ("GET", re.compile(_MODEL + r"/stats"), self.statistics),
-            ("POST", re.compile(_MODEL + r"/infer"), self.infer),
+            ("POST", _INFER, self.infer),
             ("GET", re.compile(r"/metrics"), self.metrics),
         ]
 
     async def handle(self, request: Request) -> Response:
         """Answer one HTTP request; never raises."""
-        path, method = request.url.path, request.method
+        path, method = request.scope["path"], request.method
         root = request.scope.get("root_path", "")
         if root and path.startswith(root):  # an application under a route prefix
             path = path[len(root) :] or "/"
@@ -98,8 +101,27 @@ class RestAdapter:
             )
         return json_response({"error": f"no route for {method} {path}"}, 404)
 
+    def refuse_early(self, request: Request) -> Response | None:
+        """The 503 for an inference request the data plane would refuse whatever its body
+        (:meth:`DataPlane.refuse_early`), decided from the path and headers alone; ``None``
+        to go on and read it."""
+        if request.method != "POST":
+            return None
+        match = _INFER.fullmatch(request.scope["path"])
+        if match is None:
+            return None
+        headers = request.headers
+        try:
+            self.dataplane.refuse_early(
+                match["model"], slo_class=headers.get(SLO_HEADER),
+                residency=headers.get(RESIDENCY_HEADER),
+            )
+        except ServingError as error:
+            return error_response(error)
+        return None
+
     async def server_metadata(self, request: Request) -> Response:
-        return json_response(self.dataplane.server_metadata().model_dump())
+        return json_response(asdict(self.dataplane.server_metadata()))
 
     async def live(self, request: Request) -> Response:
         return json_response({"live": self.dataplane.live()})
@@ -111,7 +133,7 @@ class RestAdapter:
         return json_response({"ready": False, "models": reasons}, 503)
 
     async def model_metadata(self, request: Request, model: str, version: str | None) -> Response:
-        return json_response(self.dataplane.model_metadata(model, version).model_dump())
+        return json_response(asdict(self.dataplane.model_metadata(model, version)))
 
     async def model_ready(self, request: Request, model: str, version: str | None) -> Response:
         ready, reason = await self.dataplane.model_ready(model, version)
@@ -249,7 +271,7 @@ def encode_infer_response(result: InferResult, binary: dict[str, bool]) -> Respo
     for name, array in result.outputs.items():
         entry: dict[str, Any] = {
             "name": name,
-            "datatype": tensors.oip_datatype(array),
+            "datatype": datatypes.oip_datatype(array),
             "shape": list(array.shape),
         }
         if binary.get(name, default):

@@ -35,23 +35,3 @@ class InferenceRequest(_Message):
     parameters: Parameters | None = None
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None
-
-
-class MetadataTensor(_Message):
-    name: str
-    datatype: str
-    shape: list[int]
-
-
-class MetadataModelResponse(_Message):
-    name: str
-    versions: list[str]
-    platform: str
-    inputs: list[MetadataTensor]
-    outputs: list[MetadataTensor]
-
-
-class MetadataServerResponse(_Message):
-    name: str
-    version: str
-    extensions: list[str]

@@ -21,8 +21,8 @@ import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
 from serving.config import ModelSpec, TensorSpec
+from serving.datatypes import oip_datatype
 from serving.errors import ConfigError, InvalidRequest, ModelNotReady, ServingError
-from serving.protocol.tensors import oip_datatype
 from serving.runtimes.base import Runtime
 from serving.types import Tensors
 

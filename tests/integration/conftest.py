@@ -1,7 +1,7 @@
 """One real Ray cluster and Ray Serve instance per test session: a head node and two worker
 nodes in this process (``ray.cluster_utils.Cluster``), each declaring the pool resources of
 one location, and a gateway application started from ``build_app`` like ``serve run`` does,
-with the project's fast ingress (HAProxy + direct ingress)."""
+serving HTTP and gRPC itself (:mod:`serving.server`), as the project's configs say."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def gateway(ray_cluster: dict[str, str], model_repository: Path) -> Iterator[dic
 
     port, grpc_port = free_port(), free_port()
     serve.start(
-        proxy_location="HeadOnly",
+        proxy_location="Disabled",  # the gateway serves HTTP and gRPC itself
         http_options={"host": "127.0.0.1", "port": port},
         grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]},
     )
@@ -104,6 +104,19 @@ def gateway(ray_cluster: dict[str, str], model_repository: Path) -> Iterator[dic
     yield {"http": url, "grpc": f"127.0.0.1:{grpc_port}", "port": str(port),
            "grpc_port": str(grpc_port)}
     serve.shutdown()
+
+
+def run_app(name: str, args: dict) -> str:
+    """Deploy a gateway application beside the session's, serving HTTP and gRPC on ports of
+    its own (its ``http_port``/``grpc_port`` args); return its ``host:port``."""
+    from ray import serve
+
+    from serving.deployments import build_app
+
+    port = free_port()
+    app = build_app({**args, "http_port": port, "grpc_port": free_port()})
+    serve.run(app, name=name, route_prefix=f"/{name}", blocking=False)
+    return f"127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="session")

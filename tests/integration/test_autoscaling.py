@@ -17,7 +17,7 @@ import pytest
 
 from loadtests.openloop import Point
 
-from ..conftest import ROOT
+from ..conftest import ROOT, free_port
 from .conftest import wait_ready
 from .test_hybrid import CLASSES, CLOUD, LOAD, MARGIN_MS, ONPREM, metric
 
@@ -73,8 +73,9 @@ def burst(gateway: dict[str, str], cluster, model_repository):
 
     cloud = {**CLOUD, "min_replicas": 0, "max_replicas": 2, "cold_start_s": 5,
              "downscale_delay_s": KEEPALIVE_S}
+    port = free_port()  # an application's own servers: ports of its own
     config = ServeDeploySchema.model_validate({
-        "proxy_location": "HeadOnly",
+        "proxy_location": "Disabled",
         "http_options": {"host": "127.0.0.1", "port": int(gateway["port"])},
         "grpc_options": {"port": int(gateway["grpc_port"]),
                          "grpc_servicer_functions": [SERVICER_FUNCTION]},
@@ -83,6 +84,7 @@ def burst(gateway: dict[str, str], cluster, model_repository):
             "import_path": "serving.deployments:build_app",
             "autoscaling_policy": {"policy_function": "serving.autoscaler:GatewayAutoscaler"},
             "args": {"model_repository": str(model_repository), "models": ["digits"],
+                     "http_port": port, "grpc_port": free_port(),
                      "slo_classes": CLASSES, "default_slo_class": "realtime",
                      "deadline_margin_ms": MARGIN_MS,
                      "autoscaling": {"stable_window_s": 10, "panic_window_s": 2},
@@ -90,7 +92,7 @@ def burst(gateway: dict[str, str], cluster, model_repository):
         }],
     })
     _get_global_client().deploy_apps(config)
-    url = f"{gateway['http']}/{APP}"
+    url = f"127.0.0.1:{port}"
     wait_ready(url, 120)
     added = []
     yield {"url": f"http://{url}", "add_node": lambda: added.append(

@@ -22,7 +22,7 @@ import pytest
 from loadtests.openloop import Point
 
 from ..conftest import ROOT
-from .conftest import wait_ready
+from .conftest import run_app, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -47,18 +47,17 @@ def apps(gateway: dict[str, str], ray_cluster: dict[str, str], model_repository)
     and ``onprem`` (the same on-prem pool alone)."""
     from ray import serve
 
-    from serving.deployments import build_app
-
     pools = {"hybrid": {"onprem-gpu": ONPREM, "cloud-gpu": CLOUD},
              "onprem": {"onprem-gpu": ONPREM}}
-    for name, app_pools in pools.items():
-        app = build_app({"model_repository": str(model_repository), "models": ["digits"],
-                         "slo_classes": CLASSES, "default_slo_class": "realtime",
-                         "deadline_margin_ms": MARGIN_MS, "pools": app_pools})
-        serve.run(app, name=name, route_prefix=f"/{name}", blocking=False)
-    for name in pools:
-        wait_ready(f"{gateway['http']}/{name}", 120)
-    yield {name: f"http://{gateway['http']}/{name}" for name in pools}
+    urls = {
+        name: run_app(name, {"model_repository": str(model_repository), "models": ["digits"],
+                             "slo_classes": CLASSES, "default_slo_class": "realtime",
+                             "deadline_margin_ms": MARGIN_MS, "pools": app_pools})
+        for name, app_pools in pools.items()
+    }
+    for url in urls.values():
+        wait_ready(url, 120)
+    yield {name: f"http://{url}" for name, url in urls.items()}
     for name in pools:
         serve.delete(name)
 

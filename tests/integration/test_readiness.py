@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from ..conftest import unloadable_copy
+from .conftest import run_app
 
 pytestmark = pytest.mark.integration
 
@@ -20,13 +21,10 @@ def broken_app(gateway: dict[str, str], model_repository: Path, tmp_path_factory
     """Base URL of an application whose only model ONNX Runtime cannot load."""
     from ray import serve
 
-    from serving.deployments import build_app
-
     repository = unloadable_copy(model_repository, "digits", tmp_path_factory.mktemp("broken"))
-    app = build_app({"model_repository": str(repository), "models": ["digits"],
-                     "pools": {"onprem-cpu": {"num_cpus_per_replica": 0}}})
-    serve.run(app, name="broken", route_prefix="/broken", blocking=False)
-    yield f"http://{gateway['http']}/broken"
+    url = run_app("broken", {"model_repository": str(repository), "models": ["digits"],
+                             "pools": {"onprem-cpu": {"num_cpus_per_replica": 0}}})
+    yield f"http://{url}"
     serve.delete("broken")
 
 

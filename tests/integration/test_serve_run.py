@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -78,6 +79,55 @@ def test_default_proxy_serves_predictions(model_repository: Path, tmp_path: Path
     log = (tmp_path / "serve.log").read_text(errors="replace")
     assert "HAProxy" not in log  # really the default proxy
     assert code is not None
+
+
+def listeners(process: subprocess.Popen) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket listening in ``process`` or its descendants."""
+    found = set()
+    root = psutil.Process(process.pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            connections = getattr(proc, "net_connections", proc.connections)("tcp")
+        except psutil.Error:
+            continue
+        found |= {(c.laddr.ip, c.laddr.port) for c in connections
+                  if c.status == psutil.CONN_LISTEN}
+    return found
+
+
+def test_two_gateways_serve_side_by_side_on_loopback_only(
+    model_repository: Path, tmp_path: Path
+) -> None:
+    """The quickstart config as shipped (the gateway's own servers), twice on one machine
+    with different ports: both serve both protocols, and nothing listens on all interfaces
+    (Ray's own HAProxy listeners on 0.0.0.0:8404/9101 made a second one crash-loop)."""
+    launched = []
+    try:
+        for index in range(2):
+            workdir = tmp_path / f"g{index}"
+            workdir.mkdir()
+            port, grpc_port = free_port(), free_port()
+            ray_dir = tempfile.mkdtemp(prefix="srv-two-", dir="/tmp")
+            config = write_config(workdir, port, ["digits"], grpc_port)
+            launched.append((launch(config, workdir, ray_dir), port, grpc_port, ray_dir))
+        x = np.random.default_rng(3).random((2, 64), dtype=np.float32)
+        for process, port, grpc_port, _ in launched:
+            wait_ready(f"127.0.0.1:{port}", 180, process=process)
+            item = grpcclient.InferInput("input", [2, 64], "FP32")
+            item.set_data_from_numpy(x)
+            labels = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}").infer(
+                "digits", [item]).as_numpy("label")
+            assert labels.shape == (2,)
+            open_ports = listeners(process)
+            ours = {(ip, p) for ip, p in open_ports if p in (port, grpc_port)}
+            assert {p for _, p in ours} == {port, grpc_port}, open_ports
+            wildcard = {(ip, p) for ip, p in open_ports if ip in ("0.0.0.0", "::")}
+            # Ray's own node services are not ours to move; none of them is an ingress.
+            assert not {p for _, p in wildcard} & {port, grpc_port, 8404, 9101}, wildcard
+    finally:
+        for process, _, _, ray_dir in launched:
+            processes.stop(process)
+            shutil.rmtree(ray_dir, ignore_errors=True)
 
 
 def failed_start(config: Path, tmp_path: Path, ray_tmp: str, *extra: str) -> tuple[int, str]:

@@ -17,7 +17,7 @@ from serving.repository import load_model_spec
 from serving.tritonserver import TritonServer
 
 from ..conftest import free_port
-from .conftest import wait_ready
+from .conftest import run_app, wait_ready
 
 pytestmark = pytest.mark.integration
 X = np.random.default_rng(21).random((3, 64), dtype=np.float32)
@@ -40,17 +40,14 @@ def triton_app(gateway: dict[str, str], triton: TritonServer, model_repository: 
     """Base URL of an application serving digits from the Triton pool only."""
     from ray import serve
 
-    from serving.deployments import build_app
-
-    app = build_app({
+    url = run_app("triton", {
         "model_repository": str(model_repository),
         "models": ["digits"],
         "pools": {"triton-cpu": {"runtime": "triton", "triton_url": triton.grpc_url,
                                  "num_cpus_per_replica": 0, "triton_timeout_s": 5}},
     })
-    serve.run(app, name="triton", route_prefix="/triton", blocking=False)
-    wait_ready(f"{gateway['http']}/triton", 120)
-    yield f"http://{gateway['http']}/triton"
+    wait_ready(url, 120)
+    yield f"http://{url}"
     serve.delete("triton")
 
 

@@ -1,0 +1,38 @@
+"""The cap on requests in flight in one gateway replica, shared by its HTTP and gRPC servers."""
+
+from __future__ import annotations
+
+from serving.errors import Overloaded
+
+# What a client refused at the cap is told to wait; the cap frees within one SLO budget.
+RETRY_AFTER_S = 1.0
+
+
+class InFlightCap:
+    """Counts requests between :meth:`enter` and :meth:`leave`; refuses over ``limit``.
+
+    Event-loop code only (no locking). A refusal costs a counter check: nothing of the
+    request has been read.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"limit={limit} must be >= 1")
+        self.limit = limit
+        self.in_flight = 0
+        self.refused = 0
+
+    def enter(self) -> Overloaded | None:
+        """Count a request in, or return the error to answer it with if the cap is reached."""
+        if self.in_flight >= self.limit:
+            self.refused += 1
+            return Overloaded(
+                f"this gateway replica has {self.in_flight} requests in flight, its limit "
+                f"(gateway_max_ongoing_requests)",
+                retry_after_s=RETRY_AFTER_S,
+            )
+        self.in_flight += 1
+        return None
+
+    def leave(self) -> None:
+        self.in_flight -= 1

@@ -1,0 +1,108 @@
+"""The gateway's own servers on real sockets, over the real data plane and ONNX Runtime
+(no Ray): the servers run on an event loop in a thread of their own, clients are real."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from serving.config import parse_gateway_config
+from serving.dataplane import DataPlane
+from serving.protocol.grpc import GrpcAdapter
+from serving.protocol.rest import RestAdapter
+from serving.repository import load_repository
+from serving.server import Ingress, Listen
+
+from ..protocol.conftest import InProcessWorkers
+
+MODELS = ["digits"]
+# A batch takes this long by the profile the planner sees: a realtime request (50 ms)
+# behind one batch in flight is predicted late.
+SLOW_BATCH_S = 0.2
+
+
+class GatedWorkers(InProcessWorkers):
+    """Real workers whose calls wait for ``gate`` (set by default): a test holds batches
+    in flight by clearing it. Their profile says a batch takes :data:`SLOW_BATCH_S`."""
+
+    def __init__(self, specs) -> None:
+        super().__init__(specs)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.calls = 0
+
+    async def infer(self, model, pool, items):
+        self.calls += 1
+        while not self.gate.is_set():
+            await asyncio.sleep(0.005)
+        return await super().infer(model, pool, items)
+
+    async def profile(self, model, pool):
+        return [(1, SLOW_BATCH_S), (8, SLOW_BATCH_S)]
+
+
+@dataclass
+class Served:
+    http: str  # host:port
+    grpc: str
+    workers: GatedWorkers
+    ingress: Ingress
+    loop: asyncio.AbstractEventLoop
+
+    def on_loop(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
+
+
+def serve(model_repository: Path, *, max_in_flight: int = 64, http_port: int = 0,
+          grpc_port: int = 0) -> Iterator[Served]:
+    config = parse_gateway_config({"models": MODELS, "model_repository": model_repository,
+                                   "gateway_max_ongoing_requests": max_in_flight})
+    specs = load_repository(config)
+    workers = GatedWorkers(specs)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def start() -> tuple[DataPlane, Ingress]:
+        dataplane = DataPlane(config, specs, workers)
+        dataplane.start()
+        await dataplane.fleet.refresh()
+        ingress = Ingress(
+            RestAdapter(dataplane, max_request_bytes=config.max_request_bytes),
+            GrpcAdapter(dataplane, max_request_bytes=config.max_request_bytes),
+            Listen("127.0.0.1", http_port, grpc_port),
+            max_in_flight=max_in_flight, max_connections=256,
+            max_message_bytes=config.max_request_bytes,
+        )
+        await ingress.start()
+        return dataplane, ingress
+
+    dataplane, ingress = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+    assert ingress.grpc is not None
+    served = Served(f"127.0.0.1:{ingress.http.port}", f"127.0.0.1:{ingress.grpc.port}",
+                    workers, ingress, loop)
+    try:
+        yield served
+    finally:
+        workers.gate.set()
+        served.on_loop(ingress.stop())
+        served.on_loop(dataplane.stop())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+@pytest.fixture
+def served(model_repository: Path) -> Iterator[Served]:
+    yield from serve(model_repository)
+
+
+@pytest.fixture
+def capped(model_repository: Path) -> Iterator[Served]:
+    """A server that takes one request at a time."""
+    yield from serve(model_repository, max_in_flight=1)

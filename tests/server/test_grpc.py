@@ -1,0 +1,91 @@
+"""The gateway's own gRPC server (serving.server.grpc) with tritonclient's gRPC client."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from .conftest import Served
+
+
+def infer_inputs(rows: int = 1) -> list[grpcclient.InferInput]:
+    x = np.random.default_rng(rows).random((rows, 64), dtype=np.float32)
+    item = grpcclient.InferInput("input", list(x.shape), "FP32")
+    item.set_data_from_numpy(x)
+    return [item]
+
+
+def held_call(served: Served) -> threading.Thread:
+    """A call whose batch stays in flight until ``served.workers.gate`` is set."""
+    served.workers.gate.clear()
+    calls = served.workers.calls
+    client = grpcclient.InferenceServerClient(served.grpc)
+    thread = threading.Thread(target=client.infer, args=("digits", infer_inputs()),
+                              kwargs={"headers": {"x-slo-class": "batch"}})
+    thread.start()
+    deadline = time.monotonic() + 5
+    while served.workers.calls == calls and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert served.workers.calls > calls
+    return thread
+
+
+def raw_infer(served: Served, metadata: tuple = ()) -> tuple[grpc.StatusCode, str, dict]:
+    """ModelInfer on a plain channel: the status, details and trailing metadata."""
+    request = pb.ModelInferRequest(model_name="digits")
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 64])
+    request.raw_input_contents.append(np.zeros((1, 64), np.float32).tobytes())
+    with grpc.insecure_channel(served.grpc) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        try:
+            stub.ModelInfer(request, metadata=metadata, timeout=5)
+        except grpc.RpcError as error:
+            return error.code(), error.details(), dict(error.trailing_metadata() or ())
+    return grpc.StatusCode.OK, "", {}
+
+
+def test_tritonclient_infers_over_the_own_server(served: Served) -> None:
+    client = grpcclient.InferenceServerClient(served.grpc)
+    assert client.is_server_ready()
+    result = client.infer("digits", infer_inputs(2))
+    expected = served.workers.workers["digits"].runtime.infer(
+        {"input": np.random.default_rng(2).random((2, 64), dtype=np.float32)})
+    np.testing.assert_allclose(result.as_numpy("probabilities"), expected["probabilities"],
+                               rtol=1e-5)
+    with pytest.raises(InferenceServerException, match="unknown model"):
+        client.infer("nope", infer_inputs())
+    with pytest.raises(InferenceServerException, match="not supported"):
+        client.get_system_shared_memory_status()
+
+
+def test_over_the_cap_unavailable_with_retry_after(capped: Served) -> None:
+    held = held_call(capped)
+    try:
+        code, details, trailing = raw_infer(capped)
+    finally:
+        capped.workers.gate.set()
+        held.join(10)
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert "gateway_max_ongoing_requests" in details
+    assert trailing.get("retry-after") == "1"
+
+
+def test_a_class_that_cannot_be_met_is_refused_before_decoding(served: Served) -> None:
+    held = held_call(served)
+    try:
+        code, details, trailing = raw_infer(served, (("x-slo-class", "realtime"),))
+    finally:
+        served.workers.gate.set()
+        held.join(10)
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert "SLO class 'realtime' cannot be met" in details
+    assert "retry-after" in trailing
+    assert raw_infer(served)[0] == grpc.StatusCode.OK  # and then served again

@@ -1,0 +1,152 @@
+"""The gateway's own HTTP server (serving.server.http) on a real socket."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+
+from serving.server.sockets import listen
+
+from .conftest import Served, serve
+
+
+def digits(rows: int = 1) -> np.ndarray:
+    return np.random.default_rng(rows).random((rows, 64), dtype=np.float32)
+
+
+def infer_body(x: np.ndarray) -> dict:
+    return {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
+                        "data": x.ravel().tolist()}]}
+
+
+def headers_only(address: str, path: str, headers: dict[str, str], length: int) -> bytes:
+    """Send a POST's head with a ``Content-Length`` but none of its body; return what the
+    server answers within 2 s (nothing if it waits for the body)."""
+    host, port = address.split(":")
+    with socket.create_connection((host, int(port)), timeout=2) as sock:
+        head = [f"POST {path} HTTP/1.1", f"Host: {address}", f"Content-Length: {length}",
+                "Content-Type: application/json", *(f"{k}: {v}" for k, v in headers.items())]
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+        answer = b""
+        try:
+            while True:  # until the whole answer is in (or the server waits for the body)
+                answer += sock.recv(65536)
+                top, _, body = answer.partition(b"\r\n\r\n")
+                lengths = [int(line.split(b":")[1]) for line in top.lower().splitlines()
+                           if line.startswith(b"content-length:")]
+                if lengths and len(body) >= lengths[0]:
+                    return answer
+        except TimeoutError:
+            return answer
+
+
+def hold_one_request(served: Served, target: str, **headers: str) -> threading.Thread:
+    """Start a request whose batch stays in flight until ``served.workers.gate`` is set."""
+    served.workers.gate.clear()
+    calls = served.workers.calls
+    thread = threading.Thread(target=httpx.post, args=(target,),
+                              kwargs={"json": infer_body(digits()), "headers": headers,
+                                      "timeout": 10})
+    thread.start()
+    deadline = time.monotonic() + 5
+    while served.workers.calls == calls and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert served.workers.calls > calls, "the held request never reached the worker"
+    return thread
+
+
+def test_infer_and_health_over_a_real_socket(served: Served) -> None:
+    x = digits(3)
+    response = httpx.post(f"http://{served.http}/v2/models/digits/infer", json=infer_body(x))
+    assert response.status_code == 200, response.text
+    expected = served.workers.workers["digits"].runtime.infer({"input": x})
+    got = {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in response.json()["outputs"]}
+    np.testing.assert_allclose(got["probabilities"], expected["probabilities"], rtol=1e-5)
+    assert httpx.get(f"http://{served.http}/v2/health/ready").json() == {"ready": True}
+    assert httpx.get(f"http://{served.http}/v2/models/nope").status_code == 404
+
+
+def test_a_request_over_the_in_flight_cap_is_refused_before_its_body(capped: Served) -> None:
+    target = f"http://{capped.http}/v2/models/digits/infer"
+    held = hold_one_request(capped, target)
+    try:
+        start = time.monotonic()
+        answer = headers_only(capped.http, "/v2/models/digits/infer", {}, 10_000)
+        took = time.monotonic() - start
+    finally:
+        capped.workers.gate.set()
+        held.join(10)
+    assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+    assert b"retry-after: 1" in answer.lower()
+    assert b"gateway_max_ongoing_requests" in answer
+    assert took < 0.5
+    assert capped.ingress.cap.refused == 1
+
+
+def test_a_class_that_cannot_be_met_is_refused_from_its_headers(served: Served) -> None:
+    """The x-slo-class header names realtime (50 ms); with a 200 ms batch in flight the
+    prediction is past the deadline: 503 without the body ever being sent."""
+    target = f"http://{served.http}/v2/models/digits/infer"
+    held = hold_one_request(served, target, **{"x-slo-class": "batch"})
+    try:
+        answer = headers_only(served.http, "/v2/models/digits/infer",
+                              {"x-slo-class": "realtime"}, 10_000)
+        # Without the header the class is unknown until the body is read: no early answer.
+        silent = headers_only(served.http, "/v2/models/digits/infer", {}, 10_000)
+    finally:
+        served.workers.gate.set()
+        held.join(10)
+    assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+    assert b"SLO class 'realtime' cannot be met" in answer
+    assert b"retry-after" in answer.lower()
+    assert silent == b""
+
+
+def test_a_refused_connection_stays_usable(served: Served) -> None:
+    """After an early 503 the connection (keep-alive) still serves the next request."""
+    target = f"http://{served.http}/v2/models/digits/infer"
+    with httpx.Client() as client:
+        held = hold_one_request(served, target, **{"x-slo-class": "batch"})
+        try:
+            refused = client.post(target, json=infer_body(digits()),
+                                  headers={"x-slo-class": "realtime"})
+        finally:
+            served.workers.gate.set()
+            held.join(10)
+        assert refused.status_code == 503
+        assert client.post(target, json=infer_body(digits())).status_code == 200
+
+
+def test_two_servers_side_by_side_and_replicas_sharing_a_port(model_repository: Path) -> None:
+    first = serve(model_repository)
+    second = serve(model_repository)
+    a, b = next(first), next(second)
+    try:
+        assert a.http != b.http
+        for server in (a, b):
+            assert httpx.get(f"http://{server.http}/v2/health/live").json() == {"live": True}
+        # A second replica of one gateway binds the same port (SO_REUSEPORT).
+        port = int(a.http.split(":")[1])
+        shared = listen("127.0.0.1", port)
+        shared.close()
+    finally:
+        for generator in (first, second):
+            generator.close()
+
+
+def test_nothing_listens_on_all_interfaces(served: Served) -> None:
+    process = psutil.Process()
+    connections = getattr(process, "net_connections", process.connections)  # psutil < 6
+    listening = [c.laddr for c in connections("tcp") if c.status == psutil.CONN_LISTEN]
+    ours = {int(served.http.split(":")[1]), int(served.grpc.split(":")[1])}
+    assert {a.port for a in listening} >= ours
+    # gRPC listens on an IPv6 socket: 127.0.0.1 shows as ::ffff:127.0.0.1, still loopback.
+    addresses = [ipaddress.ip_address(a.ip) for a in listening if a.port in ours]
+    assert all((getattr(a, "ipv4_mapped", None) or a).is_loopback for a in addresses)
