@@ -10,7 +10,7 @@ CONFIG ?= configs/quickstart.yaml
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(DEVICE)
 
-.PHONY: setup models serve test lint bench bench-slo bench-grpc bench-pools bench-diurnal simulate loadtest triton triton-env clean
+.PHONY: setup models serve test lint bench bench-recovery bench-slo bench-grpc bench-pools bench-diurnal simulate loadtest triton triton-env clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,9 @@ lint: $(STAMP)
 
 test: models lint triton-env
 	$(BIN)/pytest
+
+bench-recovery: models
+	$(BIN)/python loadtests/bench_recovery.py
 
 bench: models
 	$(BIN)/python loadtests/bench_ingress.py

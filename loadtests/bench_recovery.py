@@ -1,86 +1,165 @@
-"""Overload recovery: the gateway's p99 at a steady load before and after an overload.
+"""Overload recovery: how soon after an overload the gateway answers a normal load promptly.
 
-    python loadtests/bench_recovery.py [--steady 1000] [--overload 2800] [--seconds 8]
+    python loadtests/bench_recovery.py [--capacity 1200] [--before e53a3f0]
+                                       [--overload-s 10] [--after-s 10]
 
-Starts the gateway (digits only) with ``serving run`` on a free 127.0.0.1 port, then offers
-open-loop Poisson load: twice at ``--steady`` req/s, once at ``--overload`` req/s, then waits
-for an inference to answer promptly (up to 60 s) and offers ``--steady`` twice more, and once
-more after 20 s of rest. Prints attainment, p50/p99 and errors for each step, and the gateway
-replica's resident memory. Bounded in time; stops the gateway by its PID.
+Starts the gateway (digits, 50 ms ``realtime`` class in the header) with ``serving run`` on
+a free 127.0.0.1 port, then offers one open-loop Poisson schedule without a break: half the
+gateway's capacity for 5 s, three times its capacity for ``--overload-s``, half capacity for
+``--after-s``. Every answer is timed (200s and refusals alike). Prints, per half second, the
+offered rate, p99 of all answers and the share answered 200 within the SLO, and the
+recovery time: from the end of the overload until every later half second has p99 under the
+SLO. ``--before REV`` measures that git revision the same way (a worktree), in the same run.
+Bounded in time; stops each gateway by its PID.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
+import random
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
+import aiohttp
+import numpy as np
 
-from loadtests.bench_slo import body, drain
-from loadtests.harness import Server, free_port, gateway_config
-from loadtests.openloop import Point, run
+from loadtests.bench_slo import BEFORE, before_config
+from loadtests.harness import ROOT, Server, free_port, gateway_config, worktree
+
+WINDOW_S = 0.5
 
 
-def gateway_replica() -> psutil.Process:
-    for process in psutil.process_iter(["cmdline"]):
-        if "ServeReplica:gateway:Gateway" in " ".join(process.info["cmdline"] or []):
-            return process
+def gateway_replica_pid(server: Server) -> int:
+    """The PID of ``server``'s (first) gateway replica process."""
+    import psutil
+
+    assert server.process is not None
+    for process in psutil.Process(server.process.pid).children(recursive=True):
+        if ":Gateway" in " ".join(process.cmdline()):
+            return process.pid
     raise SystemExit("no gateway replica process found")
+
+
+def body() -> tuple[bytes, dict[str, str]]:
+    x = np.random.default_rng(0).random((1, 64), dtype=np.float32)
+    payload = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                           "data": x.ravel().tolist()}]}
+    return json.dumps(payload).encode(), {"Content-Type": "application/json",
+                                          "x-slo-class": "realtime"}
+
+
+def schedule(phases: list[tuple[float, float]], seed: int = 0) -> list[float]:
+    """Poisson arrival times through consecutive ``(rate, seconds)`` phases."""
+    rng, times, start = random.Random(seed), [], 0.0
+    for rate, seconds in phases:
+        t = start + rng.expovariate(rate)
+        while t < start + seconds:
+            times.append(t)
+            t += rng.expovariate(rate)
+        start += seconds
+    return times
+
+
+async def offer(url: str, times: list[float]) -> list[tuple[float, int, float]]:
+    """(scheduled time, status, latency) of every request; status 0: no answer in 5 s."""
+    data, headers = body()
+    out: list[tuple[float, int, float]] = []
+    connector = aiohttp.TCPConnector(limit=4000)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=5)) as session:
+
+        async def one(at: float, start: float) -> None:
+            await asyncio.sleep(max(0.0, start + at - time.monotonic()))
+            sent, status = time.monotonic(), 0
+            try:
+                async with session.post(url, data=data, headers=headers) as response:
+                    await response.read()
+                    status = response.status
+            except (TimeoutError, aiohttp.ClientError):
+                pass
+            out.append((at, status, time.monotonic() - sent))
+
+        start = time.monotonic() + 0.2
+        await asyncio.gather(*(one(at, start) for at in times))
+    return sorted(out)
+
+
+def windows(rows: list[tuple[float, int, float]], slo_s: float) -> list[dict]:
+    found: dict[int, list[tuple[int, float]]] = {}
+    for at, status, latency in rows:
+        found.setdefault(int(at / WINDOW_S), []).append((status, latency))
+    table = []
+    for index in sorted(found):
+        answers = found[index]
+        latencies = sorted(latency if status else 5.0 for status, latency in answers)
+        table.append({
+            "t": index * WINDOW_S,
+            "offered_rps": len(answers) / WINDOW_S,
+            "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3,
+            "good": sum(1 for s, lat in answers if s == 200 and lat <= slo_s) / len(answers),
+            "refused": sum(1 for s, _ in answers if s == 503) / len(answers),
+        })
+    return table
+
+
+def recovery_s(table: list[dict], overload_end: float, slo_ms: float) -> float:
+    """Seconds from ``overload_end`` until every later window has p99 under ``slo_ms``."""
+    after = [w for w in table if w["t"] >= overload_end]
+    last_bad = max((w["t"] for w in after if w["p99_ms"] >= slo_ms), default=None)
+    return 0.0 if last_bad is None else last_bad + WINDOW_S - overload_end
+
+
+def measure(name: str, server: Server, args: argparse.Namespace) -> dict:
+    half, triple = args.capacity / 2, args.capacity * 3
+    phases = [(half, 5.0), (triple, args.overload_s), (half, args.after_s)]
+    with server as url:
+        asyncio.run(offer(f"{url}/v2/models/digits/infer", schedule([(50, 2)], 1)))  # warm
+        rows = asyncio.run(offer(f"{url}/v2/models/digits/infer", schedule(phases)))
+    table = windows(rows, args.slo_ms / 1e3)
+    end = 5.0 + args.overload_s
+    took = recovery_s(table, end, args.slo_ms)
+    print(f"{name}: recovered {took:.1f} s after the overload "
+          f"({len(rows)} requests)", flush=True)
+    for w in table:
+        print(f"  {name} t={w['t']:5.1f} s  offered {w['offered_rps']:6.0f}/s  "
+              f"p99 {w['p99_ms']:7.1f} ms  good {w['good']:.3f}  refused {w['refused']:.3f}",
+              flush=True)
+    return {"recovery_s": took, "windows": table}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steady", type=float, default=1000)
-    parser.add_argument("--overload", type=float, default=2800)
-    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--capacity", type=float, default=1200,
+                        help="the gateway's capacity at 99%% attainment (make bench-slo)")
+    parser.add_argument("--overload-s", type=float, default=10)
+    parser.add_argument("--after-s", type=float, default=10)
     parser.add_argument("--slo-ms", type=float, default=50)
+    parser.add_argument("--before", default=None,
+                        help=f"also measure this git revision (e.g. {BEFORE})")
     args = parser.parse_args()
-    data, headers = body()
-    with tempfile.TemporaryDirectory(prefix="bench-recovery-") as tmp:
-        server = Server(
-            "gateway", gateway_config(free_port(), ["digits"]), Path(tmp)
-        )
-        with server as url:
-            replica = gateway_replica()
-            target = f"{url}/v2/models/digits/infer"
-
-            def offer(rate: float, seconds: float) -> Point:
-                return asyncio.run(
-                    run(
-                        target,
-                        data,
-                        headers,
-                        pattern="poisson",
-                        rate=rate,
-                        seconds=seconds,
-                        slo_s=args.slo_ms / 1e3,
-                    )
-                )
-
-            def step(label: str, rate: float) -> None:
-                point = offer(rate, args.seconds)
-                rss = replica.memory_info().rss / 2**20
-                print(
-                    f"{label:14s} {rate:6.0f} req/s: attainment {point.attainment:.3f}, "
-                    f"p50 {point.p50_ms:6.1f} ms, p99 {point.p99_ms:7.1f} ms, "
-                    f"errors {point.errors}, gateway RSS {rss:.0f} MiB",
-                    flush=True,
-                )
-
-            offer(50, 2)  # warm-up
-            step("before", args.steady)
-            step("before", args.steady)
-            step("overload", args.overload)
-            start = time.monotonic()
-            drain(url)
-            print(f"drain took {time.monotonic() - start:.1f} s", flush=True)
-            step("after", args.steady)
-            step("after", args.steady)
-            time.sleep(20)
-            step("after 20 s", args.steady)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-recovery-") as tmp, \
+            contextlib.ExitStack() as stack:
+        workdir = Path(tmp)
+        servers = {"gateway": Server("gateway", gateway_config(free_port(), ["digits"]),
+                                     workdir)}
+        if args.before:
+            root = stack.enter_context(worktree(args.before))
+            servers["before"] = Server("before", before_config(), workdir, root=root)
+        for name, server in servers.items():
+            results[name] = measure(name, server, args)
+    out = ROOT / "loadtests" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (out / f"recovery-{stamp}.json").write_text(json.dumps(
+        {"args": vars(args), "results": results}, indent=1))
+    for name, result in results.items():
+        print(f"{name}: p99 under {args.slo_ms:.0f} ms {result['recovery_s']:.1f} s after "
+              f"{args.overload_s:.0f} s at 3x capacity")
     return 0
 
 

@@ -196,7 +196,8 @@ def test_launcher_every_cloud_pool_has_a_node_type_from_zero(configs) -> None:
     assert config["provider"]["type"] == "aws" and config["provider"]["region"]
     node_types = config["available_node_types"]
     head = node_types[config["head_node_type"]]
-    assert head["resources"] == {"CPU": 0}  # the gateway's node; no replicas
+    # The gateway's node (it requires `gateway`, gateway_resources); no replicas.
+    assert head["resources"] == {"CPU": 0, "gateway": 1}
     workers = {k: v for k, v in node_types.items() if k != config["head_node_type"]}
     assert config["max_workers"] >= sum(n["max_workers"] for n in workers.values())
     pools = all_pools(configs)
