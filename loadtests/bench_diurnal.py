@@ -34,7 +34,14 @@ import threading
 import time
 from pathlib import Path
 
-from loadtests.harness import RESULTS, Server, free_port, label, metric_samples, wait_app_ready
+from loadtests.harness import (
+    RESULTS,
+    Server,
+    gateway_apps_config,
+    label,
+    metric_samples,
+    wait_app_ready,
+)
 from loadtests.openloop import Point, Request, offer
 from serving.config import AutoscalingSettings, PoolConfig, SLOClass
 from serving.simulation.day import Fleet, seconds_per_request, simulate_day
@@ -95,23 +102,15 @@ def replicas_for(trace: DiurnalTrace, day_s: float, quantile: float) -> int:
     return math.ceil(rate * per_request / sim.pools["onprem-gpu"].target_utilization)
 
 
-def document(ports: dict[str, int], apps: dict[str, dict]) -> dict:
-    """One Serve instance, one application per setup, each serving HTTP on its own port."""
-    first = next(iter(ports.values()))
-    return {"proxy_location": "Disabled",
-            "http_options": {"host": "127.0.0.1", "port": first},
-            "logging_config": {"log_level": "WARNING"},
-            "applications": [
-                {"name": name, "route_prefix": f"/{name}",
-                 "import_path": "serving.deployments:build_app",
-                 "autoscaling_policy": {
-                     "policy_function": "serving.autoscaler:GatewayAutoscaler"},
-                 "args": {"model_repository": "models", "models": ["digits"],
-                          "http_port": ports[name],
-                          "slo_classes": CLASSES, "default_slo_class": "standard",
-                          "deadline_margin_ms": MARGIN_MS, "autoscaling": AUTOSCALING,
-                          "pools": pools}}
-                for name, pools in apps.items()]}
+def document(apps: dict[str, dict]) -> tuple[dict, dict[str, int]]:
+    """One Serve instance, one autoscaled application per setup, each on its own port."""
+    return gateway_apps_config(
+        {name: {"model_repository": "models", "models": ["digits"], "slo_classes": CLASSES,
+                "default_slo_class": "standard", "deadline_margin_ms": MARGIN_MS,
+                "autoscaling": AUTOSCALING, "pools": pools}
+         for name, pools in apps.items()},
+        autoscaling_policy={"policy_function": "serving.autoscaler:GatewayAutoscaler"},
+    )
 
 
 def request(index: int) -> Request:
@@ -241,8 +240,8 @@ def main() -> int:
     apps = setups(replicas_for(trace, args.day_s, 1.0), replicas_for(trace, args.day_s, 0.75))
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-diurnal-") as tmp:
-        ports = {name: free_port() for name in apps}
-        with Server("diurnal", document(ports, apps), Path(tmp)):
+        config, ports = document(apps)
+        with Server("diurnal", config, Path(tmp)):
             for name, pools in apps.items():
                 url = f"http://127.0.0.1:{ports[name]}"
                 wait_app_ready(url)

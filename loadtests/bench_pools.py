@@ -26,7 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from loadtests.harness import RESULTS, Server, free_port, label, metric_samples, wait_app_ready
+from loadtests.harness import (
+    RESULTS,
+    Server,
+    gateway_apps_config,
+    label,
+    metric_samples,
+    wait_app_ready,
+)
 from loadtests.openloop import Point, Request, arrivals, offer
 
 # Prices (see README, "Hybrid pools"): a cloud GPU at its on-demand price per GPU-hour; an
@@ -49,17 +56,13 @@ CLASSES = {"realtime": {"latency_ms": 150, "priority": 0},
 MIX = ["realtime"] * 7 + ["standard"] * 2 + ["batch"]
 
 
-def document(port: int) -> dict:
-    apps = [
-        {"name": name, "route_prefix": f"/{name}", "import_path": "serving.deployments:build_app",
-         "args": {"model_repository": "models", "models": ["digits"], "slo_classes": CLASSES,
-                  "default_slo_class": "standard", "deadline_margin_ms": 10, "pools": pools}}
+def document() -> tuple[dict, dict[str, int]]:
+    """One Serve instance, one application per setup, each on its own port."""
+    return gateway_apps_config({
+        name: {"model_repository": "models", "models": ["digits"], "slo_classes": CLASSES,
+               "default_slo_class": "standard", "deadline_margin_ms": 10, "pools": pools}
         for name, pools in SETUPS.items()
-    ]
-    return {"proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": port},
-            "grpc_options": {"port": free_port(), "grpc_servicer_functions": [
-                "serving.protocol.grpc.add_servicer_to_server"]},
-            "logging_config": {"log_level": "WARNING"}, "applications": apps}
+    })
 
 
 def request(index: int) -> Request:
@@ -129,16 +132,16 @@ def main() -> int:
     times = schedule(args.base, args.peak, args.phase_s, args.seed)
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-pools-") as tmp:
-        server = Server("pools", document(free_port()), Path(tmp),
-                        ready_path="/hybrid/v2/health/ready")
-        with server as url:
+        config, ports = document()
+        with Server("pools", config, Path(tmp)):
             for name in SETUPS:
-                wait_app_ready(f"{url}/{name}")
-                asyncio.run(offer(f"{url}/{name}/v2/models/digits/infer",
+                url = f"http://127.0.0.1:{ports[name]}"
+                wait_app_ready(url)
+                asyncio.run(offer(f"{url}/v2/models/digits/infer",
                                   arrivals("poisson", args.base, 3.0, 99), request))  # warm
                 print(f"{name}: {len(times)} requests over {3 * args.phase_s:.0f} s",
                       flush=True)
-                results[name] = measure(f"{url}/{name}", times)
+                results[name] = measure(url, times)
     markdown = table(results)
     print(markdown)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,27 @@ def gateway_config(port: int, models: list[str], grpc_port: int | None = None) -
     return document
 
 
+def gateway_apps_config(
+    apps: dict[str, dict[str, Any]], **app_fields: Any
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """One Serve instance running a gateway application per entry of ``apps`` (name ->
+    args), each serving HTTP itself on a free 127.0.0.1 port of its own (``http_port``);
+    ``app_fields`` go into every application. Returns the document and the ports."""
+    ports = {name: free_port() for name in apps}
+    document = {
+        "proxy_location": "Disabled",
+        "http_options": {"host": "127.0.0.1", "port": next(iter(ports.values()))},
+        "logging_config": {"log_level": "WARNING"},
+        "applications": [
+            {"name": name, "route_prefix": f"/{name}",
+             "import_path": "serving.deployments:build_app", **app_fields,
+             "args": {**args, "http_port": ports[name]}}
+            for name, args in apps.items()
+        ],
+    }
+    return document, ports
+
+
 def app_config(port: int, import_path: str, args: dict[str, Any]) -> dict[str, Any]:
     return {
         "proxy_location": "HeadOnly",

@@ -11,12 +11,9 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from serving.server import Listen
-
-logger = logging.getLogger(__name__)
 
 
 async def own_ingress(servicer_function: str) -> Listen | None:

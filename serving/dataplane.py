@@ -26,7 +26,7 @@ from serving.errors import (
 )
 from serving.routing.demand import DemandMeter
 from serving.routing.fleet import Fleet, Workers
-from serving.slo import SLOPolicy
+from serving.slo import SLOPolicy, Ticket
 from serving.telemetry import metrics
 from serving.telemetry.stats import ModelStats
 from serving.types import (
@@ -181,10 +181,8 @@ class DataPlane:
             self.queues[spec.name].planner.check_late(Entry(_ONE_ROW, ticket, 1), now)
         except Overloaded:
             self.demand.offered(spec.name, 1, ticket.budget_s, ticket.onprem_only)
-            self.demand.at_risk(spec.name)
             metrics.REJECTIONS.labels(spec.name, ticket.slo_class, "predicted_late").inc()
-            metrics.SLO.labels(spec.name, ticket.slo_class, metrics.NO_POOL, "missed").inc()
-            self.stats[spec.name].request(False, 0.0, 1)
+            self._answered(spec.name, ticket, metrics.NO_POOL, ok=False, met=False, rows=1)
             raise
 
     async def infer(self, request: InferRequest) -> InferResult:
@@ -226,11 +224,16 @@ class DataPlane:
                 pool=pool,
             )
         finally:
-            result_label = "met" if met else "missed"
-            metrics.SLO.labels(spec.name, ticket.slo_class, pool, result_label).inc()
-            if not met:
-                self.demand.at_risk(spec.name)
-            self.stats[spec.name].request(ok, time.monotonic() - ticket.arrival, inferences)
+            self._answered(spec.name, ticket, pool, ok=ok, met=met, rows=inferences)
+
+    def _answered(
+        self, model: str, ticket: Ticket, pool: str, *, ok: bool, met: bool, rows: int
+    ) -> None:
+        """Count one answered request: SLO counter, demand at risk, statistics."""
+        metrics.SLO.labels(model, ticket.slo_class, pool, "met" if met else "missed").inc()
+        if not met:
+            self.demand.at_risk(model)
+        self.stats[model].request(ok, time.monotonic() - ticket.arrival, rows)
 
 
 def validate_inputs(spec: ModelSpec, inputs: Tensors) -> None:

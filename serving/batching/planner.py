@@ -92,7 +92,7 @@ class BatchPlanner:
         """Raise :class:`Overloaded` if ``entry`` would be refused now: no pool it may use is
         up, or it would be late (:meth:`check_late`). Changes nothing."""
         ticket = entry.ticket
-        if not any(p.available and may_run(p, entry) for p in self.pools):
+        if not self._reachable(entry):
             where = "no on-prem pool" if ticket.onprem_only else "no pool"
             raise Overloaded(
                 f"{where} of this model is up"
@@ -100,15 +100,20 @@ class BatchPlanner:
                    if ticket.onprem_only else ""),
                 retry_after_s=1.0,
             )
-        self.check_late(entry, now)
+        self._raise_if_late(entry, now)
 
     def check_late(self, entry: Entry, now: float) -> None:
         """Raise :class:`Overloaded` if a pool ``entry`` may use is up and its predicted
         completion is past its deadline. Changes nothing, so a server can ask before it
         reads a request's body (as the fewest rows the request can have)."""
+        if self._reachable(entry):
+            self._raise_if_late(entry, now)
+
+    def _reachable(self, entry: Entry) -> bool:
+        return any(p.available and may_run(p, entry) for p in self.pools)
+
+    def _raise_if_late(self, entry: Entry, now: float) -> None:
         ticket = entry.ticket
-        if not any(p.available and may_run(p, entry) for p in self.pools):
-            return
         predicted = self.predict_completion(entry, now)
         if predicted > ticket.deadline and not self._idle():
             residency = (
@@ -125,7 +130,7 @@ class BatchPlanner:
     def fail_over(self, entry: Entry) -> bool:
         """Queue ``entry`` again after its pool went down, if another pool that is up may
         run it and it has not failed over before; no admission check (it was admitted)."""
-        if entry.failed_over or not any(p.available and may_run(p, entry) for p in self.pools):
+        if entry.failed_over or not self._reachable(entry):
             return False
         entry.failed_over = True
         bisect.insort(self.queue, entry, key=Entry.key)

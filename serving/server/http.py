@@ -99,6 +99,6 @@ class HttpServer:
         except TimeoutError:
             self._server.force_exit = True
             await self._task
-        except BaseException:  # the task failed: its error was logged by uvicorn
+        except Exception:  # the task failed: its error was logged by uvicorn
             pass
         self._server = self._task = None
