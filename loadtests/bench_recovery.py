@@ -16,7 +16,6 @@ Bounded in time; stops each gateway by its PID.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import random
@@ -24,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
 import numpy as np
 
+from loadtests import loadgen
 from loadtests.bench_slo import BEFORE, before_config
 from loadtests.harness import ROOT, Server, free_port, gateway_config, worktree
 
@@ -64,28 +63,11 @@ def schedule(phases: list[tuple[float, float]], seed: int = 0) -> list[float]:
     return times
 
 
-async def offer(url: str, times: list[float]) -> list[tuple[float, int, float]]:
+def offer(url: str, times: list[float]) -> list[tuple[float, int, float]]:
     """(scheduled time, status, latency) of every request; status 0: no answer in 5 s."""
     data, headers = body()
-    out: list[tuple[float, int, float]] = []
-    connector = aiohttp.TCPConnector(limit=4000)
-    async with aiohttp.ClientSession(connector=connector,
-                                     timeout=aiohttp.ClientTimeout(total=5)) as session:
-
-        async def one(at: float, start: float) -> None:
-            await asyncio.sleep(max(0.0, start + at - time.monotonic()))
-            sent, status = time.monotonic(), 0
-            try:
-                async with session.post(url, data=data, headers=headers) as response:
-                    await response.read()
-                    status = response.status
-            except (TimeoutError, aiohttp.ClientError):
-                pass
-            out.append((at, status, time.monotonic() - sent))
-
-        start = time.monotonic() + 0.2
-        await asyncio.gather(*(one(at, start) for at in times))
-    return sorted(out)
+    answers = loadgen.offer(url, data, headers, times, timeout_s=5.0)
+    return [(a.at, a.status, a.latency_s) for a in answers]
 
 
 def windows(rows: list[tuple[float, int, float]], slo_s: float) -> list[dict]:
@@ -117,8 +99,8 @@ def measure(name: str, server: Server, args: argparse.Namespace) -> dict:
     half, triple = args.capacity / 2, args.capacity * 3
     phases = [(half, 5.0), (triple, args.overload_s), (half, args.after_s)]
     with server as url:
-        asyncio.run(offer(f"{url}/v2/models/digits/infer", schedule([(50, 2)], 1)))  # warm
-        rows = asyncio.run(offer(f"{url}/v2/models/digits/infer", schedule(phases)))
+        offer(f"{url}/v2/models/digits/infer", schedule([(50, 2)], 1))  # warm
+        rows = offer(f"{url}/v2/models/digits/infer", schedule(phases))
     table = windows(rows, args.slo_ms / 1e3)
     end = 5.0 + args.overload_s
     took = recovery_s(table, end, args.slo_ms)

@@ -135,17 +135,18 @@ def drain(url: str, limit_s: float = 60.0) -> None:
     answers it from a cache, ahead of any backlog."""
     data, headers = body()
     quick, deadline = 0, time.monotonic() + limit_s
-    while quick < 3 and time.monotonic() < deadline:
-        start = time.monotonic()
-        try:
-            response = httpx.post(
-                f"{url}/v2/models/digits/infer", content=data, headers=headers, timeout=5
-            )
-            prompt = response.status_code == 200 and time.monotonic() - start < 0.02
-        except httpx.HTTPError:
-            prompt = False
-        quick = quick + 1 if prompt else 0
-        time.sleep(0.2)
+    # One client for all tries: a new httpx client per request costs ~20 ms by itself.
+    with httpx.Client(timeout=5) as client:
+        while quick < 3 and time.monotonic() < deadline:
+            start = time.monotonic()
+            try:
+                response = client.post(
+                    f"{url}/v2/models/digits/infer", content=data, headers=headers)
+                prompt = response.status_code == 200 and time.monotonic() - start < 0.02
+            except httpx.HTTPError:
+                prompt = False
+            quick = quick + 1 if prompt else 0
+            time.sleep(0.2)
     if quick < 3:
         print(f"  warning: still slow {limit_s:.0f} s after the last point", flush=True)
 
@@ -162,8 +163,8 @@ def sweep(url: str, rates: list[float], seconds: float, slo_s: float) -> list[Po
         print(f"  poisson {rate:6.0f} req/s -> {point}", flush=True)
         points.append(point)
         drain(url)
-        if point.attainment < 0.5 and point.throughput_rps < 0.5 * rate:
-            break  # far past saturation: higher rates only measure the collapse
+        if point.attainment < 0.5 and not point.p99_all_ms <= 1000:
+            break  # collapsed (answers take seconds): higher rates only measure that
     return points
 
 
@@ -179,8 +180,8 @@ def main() -> int:
         "--rates",
         type=float,
         nargs="+",
-        # Up to 2800: Triton's dynamic batcher holds 99% past 2000 req/s here.
-        default=[100, 200, 400, 700, 1000, 1200, 1400, 1700, 2000, 2400, 2800],
+        # Up to 6000: about twice the gateway's capacity with the raw-socket load generator.
+        default=[100, 400, 1000, 1600, 2000, 2400, 2800, 3200, 3600, 4800, 6000],
     )
     parser.add_argument("--slo-ms", type=float, default=50)
     parser.add_argument(
@@ -271,15 +272,16 @@ def markdown(results: dict[str, dict], slo_ms: float, bursty_rate: float) -> str
         )
     lines += [
         "",
-        "| system | offered req/s | throughput | goodput | attainment | p50 ms | p99 ms |",
-        "|---|---|---|---|---|---|---|",
+        "| system | offered req/s | throughput | goodput | attainment | p50 ms | p99 ms | "
+        "p99 of all answers ms |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, result in results.items():
         for p in result.get("poisson", []):
             lines.append(
                 f"| {name} | {p['offered_rps']:.0f} | {p['throughput_rps']:.0f} | "
                 f"{p['goodput_rps']:.0f} | {p['attainment']:.3f} | {p['p50_ms']:.0f} | "
-                f"{p['p99_ms']:.0f} |"
+                f"{p['p99_ms']:.0f} | {p.get('p99_all_ms', float('nan')):.0f} |"
             )
     return "\n".join(lines)
 
