@@ -18,14 +18,17 @@ from serving.batching.queue import BatchQueue
 from serving.config import GatewayConfig, ModelSpec, TensorSpec
 from serving.datatypes import oip_datatype
 from serving.errors import (
+    DeadlineExceeded,
     InvalidRequest,
     ModelNotFound,
     ModelNotReady,
     Overloaded,
     ServingError,
 )
+from serving.looplag import LoopLag
 from serving.routing.demand import DemandMeter
 from serving.routing.fleet import Fleet, Workers
+from serving.shedding import Shedder
 from serving.slo import SLOPolicy, Ticket
 from serving.telemetry import metrics
 from serving.telemetry.stats import ModelStats
@@ -64,6 +67,8 @@ class DataPlane:
         self.slo = SLOPolicy(config)
         self.fleet = Fleet(config, specs, workers)
         self.stats = {name: ModelStats(name, spec.version) for name, spec in specs.items()}
+        self.loop_lag = LoopLag()
+        self.shedder = Shedder()
         self.demand = DemandMeter(
             self.fleet.states,
             {name: max(spec.max_batch_size, 1) for name, spec in specs.items()},
@@ -86,9 +91,16 @@ class DataPlane:
 
     def start(self) -> None:
         self.fleet.start()
+        self.loop_lag.start()
 
     async def stop(self) -> None:
+        self.loop_lag.stop()
         await self.fleet.stop()
+
+    def arrival(self) -> float:
+        """When a request the servers are reading now most likely reached this replica:
+        now, less how late the event loop runs (the wait in front of every server)."""
+        return time.monotonic() - self.loop_lag.delay_s
 
     def autoscaling_stats(self) -> dict[str, float]:
         """This replica's demand since the last call, for the pool autoscaler."""
@@ -100,6 +112,7 @@ class DataPlane:
     def metrics(self) -> tuple[bytes, str]:
         """The Prometheus exposition, with the cost counters brought up to now."""
         self.fleet.accrue()
+        metrics.EVENT_LOOP_LAG.set(self.loop_lag.worst())
         return metrics.exposition()
 
     async def ready(self) -> tuple[bool, dict[str, str]]:
@@ -162,28 +175,47 @@ class DataPlane:
         slo_class: str | None,
         residency: str | None = None,
         deadline: float | None = None,
+        arrival: float | None = None,
     ) -> None:
-        """Raise :class:`Overloaded` if a request for ``model`` in the SLO class its transport
-        named (header or metadata) would be refused now, whatever its body holds: judged as
-        one row. Lets a server refuse before it reads or decodes the body. Does nothing when
-        the transport named no class, or names something unknown: the full request then
-        gets its precise answer."""
+        """Raise :class:`Overloaded` if a request for ``model`` would be refused now, whatever
+        its body holds, so a server can refuse before it reads or decodes the body:
+
+        - the replica sheds load (:class:`~serving.shedding.Shedder`) in the request's class
+          (the transport's, else the default one);
+        - or, when the transport named a class, admission would find it late, judged as one
+          row.
+
+        Does nothing for an unknown model or class: the full request then gets its precise
+        answer. ``arrival``: :meth:`arrival` when the server first saw the request."""
         spec = self.specs.get(model)
-        if spec is None or slo_class is None:
+        if spec is None:
             return
         now = time.monotonic()
         try:
-            ticket = self.slo.ticket(spec, {}, header_class=slo_class, now=now,
-                                     transport_deadline=deadline, header_residency=residency)
+            ticket = self.slo.ticket(
+                spec, {}, header_class=slo_class, now=self.arrival() if arrival is None
+                else arrival, transport_deadline=deadline, header_residency=residency)
         except InvalidRequest:
             return
+        if not self.shedder.admit(ticket.priority):
+            self._refused(spec.name, ticket, "overload")
+            raise Overloaded(
+                f"gateway replica overloaded: refusing {self.shedder.share(ticket.priority):.0%}"
+                f" of SLO class '{ticket.slo_class}' while admitted requests miss their "
+                "deadlines", retry_after_s=1.0)
+        if slo_class is None:
+            return
         try:
-            self.queues[spec.name].planner.check_late(Entry(_ONE_ROW, ticket, 1), now)
+            self.queues[spec.name].planner.check_late(
+                Entry(_ONE_ROW, ticket, 1), now, self.loop_lag.delay_s)
         except Overloaded:
-            self.demand.offered(spec.name, 1, ticket.budget_s, ticket.onprem_only)
-            metrics.REJECTIONS.labels(spec.name, ticket.slo_class, "predicted_late").inc()
-            self._answered(spec.name, ticket, metrics.NO_POOL, ok=False, met=False, rows=1)
+            self._refused(spec.name, ticket, "predicted_late")
             raise
+
+    def _refused(self, model: str, ticket: Ticket, reason: str) -> None:
+        self.demand.offered(model, 1, ticket.budget_s, ticket.onprem_only)
+        metrics.REJECTIONS.labels(model, ticket.slo_class, reason).inc()
+        self._answered(model, ticket, metrics.NO_POOL, ok=False, met=False, rows=1)
 
     async def infer(self, request: InferRequest) -> InferResult:
         """Validate ``request`` against its model, run it, and return the requested outputs."""
@@ -194,7 +226,7 @@ class DataPlane:
             spec,
             request.parameters,
             header_class=request.slo_class,
-            now=time.monotonic(),
+            now=self.arrival() if request.arrival is None else request.arrival,
             transport_deadline=request.deadline,
             header_residency=request.residency,
         )
@@ -202,7 +234,7 @@ class DataPlane:
         self.demand.offered(spec.name, inferences, ticket.budget_s, ticket.onprem_only)
         # KServe's clients require an id: generate one when the request has none.
         request_id = request.id or uuid.uuid4().hex
-        ok = met = False
+        ok = met = expired = False
         pool = metrics.NO_POOL
         try:
             await self.fleet.settled()
@@ -211,7 +243,12 @@ class DataPlane:
                 raise ModelNotReady(f"model '{spec.name}' is not ready: {reason}",
                                     retry_after_s=1.0)
             item = WorkItem(request_id, request.inputs, ticket.onprem_only)
-            result, pool = await self.queues[spec.name].submit(item, ticket)
+            try:
+                result, pool = await self.queues[spec.name].submit(
+                    item, ticket, self.loop_lag.delay_s)
+            except DeadlineExceeded:
+                expired = True  # admitted, then too late to run
+                raise
             if isinstance(result, ServingError):
                 raise result
             ok = True
@@ -224,6 +261,8 @@ class DataPlane:
                 pool=pool,
             )
         finally:
+            if ok or expired:  # what the shedder judges by: admitted requests that missed
+                self.shedder.outcome(met)
             self._answered(spec.name, ticket, pool, ok=ok, met=met, rows=inferences)
 
     def _answered(

@@ -28,6 +28,7 @@ class InferRequest:
     slo_class: str | None = None  # from the transport (x-slo-class header / gRPC metadata)
     residency: str | None = None  # from the transport (x-data-residency header / metadata)
     deadline: float | None = None  # transport deadline, time.monotonic() seconds
+    arrival: float | None = None  # when the server first saw it (DataPlane.arrival())
 
 
 @dataclass(slots=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from serving.batching.entry import Entry
 from serving.errors import Overloaded
 from serving.routing.pools import Dispatch, PoolState
-from serving.routing.router import Router, may_run
+from serving.routing.router import PREDICT_WALK, Router, may_run
 
 
 @dataclass(slots=True)
@@ -61,20 +61,28 @@ class BatchPlanner:
         return self.router.doom(entry)
 
     def predict_completion(self, entry: Entry, now: float) -> float:
-        """Estimated completion of ``entry`` given the work queued ahead of it."""
+        """Estimated completion of ``entry`` given the work queued ahead of it: the nearest
+        :data:`PREDICT_WALK` requests one by one, deeper ones as their count times the mean
+        rows of those (so an arrival costs O(1) however deep the queue)."""
         position = bisect.bisect_left(self.queue, entry.key(), key=Entry.key)
-        return self.router.predict(entry, self.queue[:position], now)
+        walk = min(position, PREDICT_WALK)
+        window = self.queue[:walk]
+        beyond = (position - walk) * sum(e.rows for e in window) / walk if walk else 0.0
+        return self.router.predict(entry, window, now, beyond)
 
     def _idle(self) -> bool:
         return self.in_flight == 0 and not self.queue
 
-    def admit(self, entry: Entry, now: float) -> list[Entry]:
+    def admit(self, entry: Entry, now: float, delay_s: float = 0.0) -> list[Entry]:
         """Queue ``entry`` or raise :class:`Overloaded`; return entries evicted to make room.
+        ``delay_s``: the measured wait on the gateway's own event loop, ahead of the
+        request and again for its answer (:class:`~serving.looplag.LoopLag`).
 
-        With nothing queued or running, a request is always tried: a prediction can be
-        wrong, and an idle pipeline that refused everything would never measure again.
+        With nothing queued or running, a request is tried unless that wait alone takes
+        it past its deadline: a prediction can be wrong, and an idle pipeline that refused
+        everything would never measure again.
         """
-        self.check(entry, now)
+        self.check(entry, now, delay_s)
         evicted: list[Entry] = []
         if len(self.queue) >= self.max_queued:
             worst = self.queue[-1]
@@ -88,7 +96,7 @@ class BatchPlanner:
         self._widest_rows = max(self._widest_rows, entry.rows)
         return evicted
 
-    def check(self, entry: Entry, now: float) -> None:
+    def check(self, entry: Entry, now: float, delay_s: float = 0.0) -> None:
         """Raise :class:`Overloaded` if ``entry`` would be refused now: no pool it may use is
         up, or it would be late (:meth:`check_late`). Changes nothing."""
         ticket = entry.ticket
@@ -100,29 +108,32 @@ class BatchPlanner:
                    if ticket.onprem_only else ""),
                 retry_after_s=1.0,
             )
-        self._raise_if_late(entry, now)
+        self._raise_if_late(entry, now, delay_s)
 
-    def check_late(self, entry: Entry, now: float) -> None:
+    def check_late(self, entry: Entry, now: float, delay_s: float = 0.0) -> None:
         """Raise :class:`Overloaded` if a pool ``entry`` may use is up and its predicted
         completion is past its deadline. Changes nothing, so a server can ask before it
         reads a request's body (as the fewest rows the request can have)."""
         if self._reachable(entry):
-            self._raise_if_late(entry, now)
+            self._raise_if_late(entry, now, delay_s)
 
     def _reachable(self, entry: Entry) -> bool:
         return any(p.available and may_run(p, entry) for p in self.pools)
 
-    def _raise_if_late(self, entry: Entry, now: float) -> None:
+    def _raise_if_late(self, entry: Entry, now: float, delay_s: float) -> None:
         ticket = entry.ticket
-        predicted = self.predict_completion(entry, now)
-        if predicted > ticket.deadline and not self._idle():
+        predicted = self.predict_completion(entry, now + delay_s)
+        # The loop's wait is measured, not predicted: no idle pipeline excuses it.
+        if predicted > ticket.deadline and (not self._idle() or now + delay_s > ticket.deadline):
             residency = (
                 " on its on-prem pools (data residency 'onprem' keeps it off cloud pools)"
                 if ticket.onprem_only and any(p.cloud for p in self.pools) else ""
             )
+            waiting = (f" (the gateway's event loop runs {delay_s * 1e3:.0f} ms late)"
+                       if delay_s >= 0.001 else "")
             raise Overloaded(
                 f"SLO class '{ticket.slo_class}' cannot be met{residency}: predicted "
-                f"completion in {(predicted - now) * 1e3:.0f} ms, budget "
+                f"completion in {(predicted - ticket.arrival) * 1e3:.0f} ms{waiting}, budget "
                 f"{ticket.budget_s * 1e3:.0f} ms",
                 retry_after_s=max(predicted - ticket.deadline, 1.0),
             )

@@ -46,13 +46,15 @@ class BatchQueue:
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def submit(self, item: WorkItem, ticket: Ticket) -> tuple[Result, str]:
+    async def submit(
+        self, item: WorkItem, ticket: Ticket, delay_s: float = 0.0
+    ) -> tuple[Result, str]:
         """Queue one request; return its result and the pool that ran it, or raise why it
-        was refused or timed out."""
+        was refused or timed out. ``delay_s``: see :meth:`BatchPlanner.admit`."""
         entry = Entry(item, ticket, rows(item.inputs))
         entry.future = asyncio.get_running_loop().create_future()
         try:
-            evicted = self.planner.admit(entry, self.clock())
+            evicted = self.planner.admit(entry, self.clock(), delay_s)
         except Overloaded:
             metrics.REJECTIONS.labels(self.model, ticket.slo_class, "predicted_late").inc()
             raise

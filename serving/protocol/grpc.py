@@ -69,10 +69,12 @@ CONTENTS: dict[str, str] = {
 
 @dataclass(slots=True)
 class Call:
-    """What the transport knows about one call: metadata (lower-case keys) and deadline."""
+    """What the transport knows about one call: metadata (lower-case keys), deadline, and
+    when it reached the replica."""
 
     metadata: dict[str, str] = field(default_factory=dict)
     deadline: float | None = None  # time.monotonic() seconds
+    arrival: float | None = None  # DataPlane.arrival() when the call was first seen
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,8 +250,9 @@ class GrpcAdapter:
     ) -> Message:
         """Answer one call on ``context`` (a gRPC servicer context), setting its status;
         never raises. ``deadline``: the call's, in ``time.monotonic()`` seconds, if known."""
+        arrival = self.dataplane.arrival()
         metadata = {key.lower(): value for key, value in context.invocation_metadata() or ()}
-        response, error = await self.handle(method, request, Call(metadata, deadline))
+        response, error = await self.handle(method, request, Call(metadata, deadline, arrival))
         if error is not None:
             set_error(context, error)
         return response
@@ -347,10 +350,12 @@ class GrpcAdapter:
             self.dataplane.refuse_early(
                 request.model_name, slo_class=call.metadata.get(SLO_HEADER),
                 residency=call.metadata.get(RESIDENCY_HEADER), deadline=call.deadline,
+                arrival=call.arrival,
             )
             infer_request = decode_infer_request(request)
             infer_request.slo_class = call.metadata.get(SLO_HEADER)
             infer_request.residency = call.metadata.get(RESIDENCY_HEADER)
             infer_request.deadline = call.deadline
+            infer_request.arrival = call.arrival
             result = await self.dataplane.infer(infer_request)
             return encode_infer_response(result)

@@ -40,6 +40,7 @@ _MODEL = r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 _LENGTH = re.compile(r"[0-9]{1,18}")
 _DECOMPRESSORS: dict[str, int] = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 _INFER = re.compile(_MODEL + r"/infer")
+ARRIVAL = "serving.arrival"  # scope key: DataPlane.arrival() when the request was first seen
 
 
 def json_response(
@@ -104,17 +105,18 @@ class RestAdapter:
     def refuse_early(self, request: Request) -> Response | None:
         """The 503 for an inference request the data plane would refuse whatever its body
         (:meth:`DataPlane.refuse_early`), decided from the path and headers alone; ``None``
-        to go on and read it."""
+        to go on and read it. Notes when the request arrived, for its deadline."""
         if request.method != "POST":
             return None
         match = _INFER.fullmatch(request.scope["path"])
         if match is None:
             return None
         headers = request.headers
+        arrival = request.scope[ARRIVAL] = self.dataplane.arrival()
         try:
             self.dataplane.refuse_early(
                 match["model"], slo_class=headers.get(SLO_HEADER),
-                residency=headers.get(RESIDENCY_HEADER),
+                residency=headers.get(RESIDENCY_HEADER), arrival=arrival,
             )
         except ServingError as error:
             return error_response(error)
@@ -158,6 +160,7 @@ class RestAdapter:
             )
             infer_request.slo_class = request.headers.get(SLO_HEADER)
             infer_request.residency = request.headers.get(RESIDENCY_HEADER)
+            infer_request.arrival = request.scope.get(ARRIVAL)
             result = await self.dataplane.infer(infer_request)
             return encode_infer_response(result, binary_outputs)
 

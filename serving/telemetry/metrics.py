@@ -60,10 +60,17 @@ QUEUE_WAIT = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+EVENT_LOOP_LAG = Gauge(
+    "serving_event_loop_lag_seconds",
+    "Largest lag of the gateway replica's event loop since the last scrape: how long a "
+    "request can wait before the replica reads it (admission counts it).",
+    registry=REGISTRY,
+)
 REJECTIONS = Counter(
     "serving_rejections",
     "Requests refused by the batch queue, by reason: predicted_late (admission, 503), "
-    "shed (evicted for a more important request, 503), deadline (became unreachable, 504).",
+    "shed (evicted for a more important request, 503), deadline (became unreachable, 504), "
+    "overload (refused at the door while admitted requests miss their deadlines, 503).",
     ["model", "slo_class", "reason"],
     registry=REGISTRY,
 )

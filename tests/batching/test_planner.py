@@ -124,6 +124,29 @@ def test_regression_idle_pipeline_always_probes() -> None:
         p.admit(entry(2, 50), 0.0)
 
 
+def test_the_event_loop_delay_counts_even_on_an_idle_pipeline() -> None:
+    # The loop's lag is measured, not predicted: an idle pipeline does not excuse it.
+    p = planner()
+    p.admit(entry(1, 50), 0.0, delay_s=0.030)  # 30 ms late loop + t(1) = 11 ms: fits 50
+    p.plan(0.0)
+    with pytest.raises(Overloaded, match="event loop runs 45 ms late"):
+        planner().admit(entry(2, 40), 0.0, delay_s=0.045)
+
+
+def test_a_deep_queue_is_predicted_without_walking_all_of_it() -> None:
+    # Beyond PREDICT_WALK entries, the rest count as rows at the pool's throughput: a
+    # prediction costs the same with 2,000 requests queued as with 40, and still refuses.
+    p = planner(max_rows=8, max_queued=5000)
+    busy(p, 2)
+    for i in range(2000):
+        bisect.insort(p.queue, entry(i, 60_000, priority=0), key=Entry.key)
+    deep = p.predict_completion(entry(9999, 60_000, priority=1), 0.0)
+    rows_per_s = p.pools[0].rows_per_second(8)
+    assert deep == pytest.approx(2000 / rows_per_s, rel=0.1)
+    with pytest.raises(Overloaded):
+        p.admit(entry(10000, 1000, priority=1), 0.0)
+
+
 def test_lower_priority_is_rejected_first_under_load() -> None:
     p = planner(max_rows=8)
     busy(p, 2)

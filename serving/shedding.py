@@ -1,0 +1,98 @@
+"""Load shedding at the door: refuse a share of arrivals, least important class first, while
+requests already admitted miss their deadlines.
+
+Admission predicts each request's completion from the pools' latency models, which cannot
+see the gateway replica itself running out of CPU. Past that point every admitted request
+slows down every other (the worker calls wait behind new arrivals on the one event loop),
+answers arrive late or expire in the queue, and goodput collapses while the replica works
+flat out. The signal that does see it is the outcome: admitted requests that missed. Each
+window of :attr:`Shedder.window_s`, if more than :attr:`Shedder.miss_ratio` of them missed
+(and at least :attr:`Shedder.min_misses`: a late request or two at low load is no overload),
+the least important priority that had arrivals sheds a larger share (then the next one);
+while none miss, shedding falls back, most important first. The refusal happens before the
+body is read (:meth:`~serving.dataplane.DataPlane.refuse_early`), the cheapest point.
+Plain logic with an explicit clock and random source, so it is unit-tested without a loop.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+
+class Shedder:
+    """Shares of arrivals to refuse, per priority (larger number = less important)."""
+
+    def __init__(
+        self,
+        *,
+        window_s: float = 0.05,
+        miss_ratio: float = 0.01,
+        min_misses: int = 5,
+        step_up: float = 0.1,
+        fall_per_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        chance: Callable[[], float] = random.random,
+    ) -> None:
+        if (window_s <= 0 or not 0 <= miss_ratio < 1 or min_misses < 1 or step_up <= 0
+                or fall_per_s <= 0):
+            raise ValueError(
+                f"window_s={window_s} must be > 0, miss_ratio={miss_ratio} in [0, 1), "
+                f"min_misses={min_misses} >= 1, step_up={step_up} and "
+                f"fall_per_s={fall_per_s} > 0"
+            )
+        self.window_s = window_s
+        self.miss_ratio = miss_ratio
+        self.min_misses = min_misses
+        self.step_up = step_up
+        self.fall_per_s = fall_per_s
+        self.clock = clock
+        self.chance = chance
+        self.shares: dict[int, float] = {}  # priority -> share of its arrivals refused
+        self._arrivals: dict[int, int] = {}
+        self._outcomes = 0
+        self._missed = 0
+        self._window_start = clock()
+
+    def admit(self, priority: int) -> bool:
+        """Whether to let in an arrival of ``priority`` (False: refuse it now)."""
+        self._roll()
+        self._arrivals[priority] = self._arrivals.get(priority, 0) + 1
+        share = self.shares.get(priority, 0.0)
+        return share <= 0.0 or self.chance() >= share
+
+    def outcome(self, met: bool) -> None:
+        """An admitted request was answered (``met``: within its deadline) or expired."""
+        self._roll()
+        self._outcomes += 1
+        self._missed += not met
+
+    def share(self, priority: int) -> float:
+        return self.shares.get(priority, 0.0)
+
+    def _roll(self) -> None:
+        now = self.clock()
+        elapsed = now - self._window_start
+        if elapsed < self.window_s:
+            return
+        if self._missed >= self.min_misses and self._missed > self.miss_ratio * self._outcomes:
+            # Least important first: the largest priority number that had arrivals and is
+            # not yet refused entirely.
+            for priority in sorted(self._arrivals, reverse=True):
+                if self.shares.get(priority, 0.0) < 1.0:
+                    self.shares[priority] = min(1.0, self.shares.get(priority, 0.0)
+                                                + self.step_up)
+                    break
+        elif not self._missed:
+            fall = self.fall_per_s * elapsed  # an idle spell lets it all fall back
+            for priority in sorted(self.shares):  # most important first
+                taken = min(fall, self.shares[priority])
+                self.shares[priority] -= taken
+                fall -= taken
+                if fall <= 0:
+                    break
+            self.shares = {p: s for p, s in self.shares.items() if s > 0}
+        self._arrivals.clear()
+        self._outcomes = self._missed = 0
+        self._window_start = now
