@@ -8,7 +8,8 @@ answers arrive late or expire in the queue, and goodput collapses while the repl
 flat out. The signal that does see it is the outcome: admitted requests that missed. Each
 window of :attr:`Shedder.window_s`, if more than :attr:`Shedder.miss_ratio` of them missed
 (and at least :attr:`Shedder.min_misses`: a late request or two at low load is no overload),
-the least important priority that had arrivals sheds a larger share (then the next one);
+the least important priority that had arrivals sheds a larger share (then the next one),
+by as much as the share that missed (at least :data:`MIN_STEP`, at most ``max_step``);
 while none miss, shedding falls back, most important first. The refusal happens before the
 body is read (:meth:`~serving.dataplane.DataPlane.refuse_early`), the cheapest point.
 Plain logic with an explicit clock and random source, so it is unit-tested without a loop.
@@ -20,6 +21,8 @@ import random
 import time
 from collections.abc import Callable
 
+MIN_STEP = 0.05
+
 
 class Shedder:
     """Shares of arrivals to refuse, per priority (larger number = less important)."""
@@ -27,25 +30,25 @@ class Shedder:
     def __init__(
         self,
         *,
-        window_s: float = 0.05,
-        miss_ratio: float = 0.01,
-        min_misses: int = 5,
-        step_up: float = 0.1,
+        window_s: float = 0.1,
+        miss_ratio: float = 0.02,
+        min_misses: int = 10,
+        max_step: float = 0.5,
         fall_per_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         chance: Callable[[], float] = random.random,
     ) -> None:
-        if (window_s <= 0 or not 0 <= miss_ratio < 1 or min_misses < 1 or step_up <= 0
-                or fall_per_s <= 0):
+        if (window_s <= 0 or not 0 <= miss_ratio < 1 or min_misses < 1
+                or not MIN_STEP <= max_step <= 1 or fall_per_s <= 0):
             raise ValueError(
                 f"window_s={window_s} must be > 0, miss_ratio={miss_ratio} in [0, 1), "
-                f"min_misses={min_misses} >= 1, step_up={step_up} and "
+                f"min_misses={min_misses} >= 1, max_step={max_step} in [{MIN_STEP}, 1] and "
                 f"fall_per_s={fall_per_s} > 0"
             )
         self.window_s = window_s
         self.miss_ratio = miss_ratio
         self.min_misses = min_misses
-        self.step_up = step_up
+        self.max_step = max_step
         self.fall_per_s = fall_per_s
         self.clock = clock
         self.chance = chance
@@ -77,12 +80,12 @@ class Shedder:
         if elapsed < self.window_s:
             return
         if self._missed >= self.min_misses and self._missed > self.miss_ratio * self._outcomes:
+            step = min(max(self._missed / self._outcomes, MIN_STEP), self.max_step)
             # Least important first: the largest priority number that had arrivals and is
             # not yet refused entirely.
             for priority in sorted(self._arrivals, reverse=True):
                 if self.shares.get(priority, 0.0) < 1.0:
-                    self.shares[priority] = min(1.0, self.shares.get(priority, 0.0)
-                                                + self.step_up)
+                    self.shares[priority] = min(1.0, self.shares.get(priority, 0.0) + step)
                     break
         elif not self._missed:
             fall = self.fall_per_s * elapsed  # an idle spell lets it all fall back

@@ -21,7 +21,7 @@ def clock() -> Clock:
 @pytest.fixture
 def shedder(clock: Clock) -> Shedder:
     # chance() = 0.5: a share above one half refuses, below lets in (deterministic)
-    return Shedder(window_s=0.05, miss_ratio=0.01, min_misses=5, step_up=0.25,
+    return Shedder(window_s=0.05, miss_ratio=0.02, min_misses=5, max_step=0.5,
                    fall_per_s=1.0, clock=clock, chance=lambda: 0.5)
 
 
@@ -46,18 +46,27 @@ def test_nothing_is_shed_while_admitted_requests_meet_their_deadlines(shedder, c
 
 
 def test_misses_shed_the_least_important_class_first_then_the_next(shedder, clock) -> None:
-    for _ in range(4):
-        window(shedder, clock, {0: 100, 2: 100}, met=100, missed=20)
+    for _ in range(4):  # a quarter of the admitted missed: a quarter more shed each time
+        window(shedder, clock, {0: 100, 2: 100}, met=60, missed=20)
     shedder.admit(0)  # rolls the last window
     assert shedder.share(2) == 1.0 and shedder.share(0) == 0.0
     assert shedder.admit(0) and not shedder.admit(2)
-    window(shedder, clock, {0: 100, 2: 100}, met=100, missed=20)
+    window(shedder, clock, {0: 100, 2: 100}, met=60, missed=20)
     shedder.admit(0)
     assert shedder.share(0) == 0.25  # priority 2 is refused entirely: now priority 0
 
 
+def test_the_step_follows_how_many_missed_within_bounds(shedder, clock) -> None:
+    window(shedder, clock, {0: 100}, met=10, missed=90)  # 90% missed: at most 0.5
+    shedder.admit(0)
+    assert shedder.share(0) == 0.5
+    window(shedder, clock, {0: 100}, met=194, missed=6)  # 3%: at least 0.05
+    shedder.admit(0)
+    assert shedder.share(0) == pytest.approx(0.55)
+
+
 def test_a_class_with_no_arrivals_is_not_where_shedding_goes(shedder, clock) -> None:
-    window(shedder, clock, {0: 100}, met=100, missed=20)
+    window(shedder, clock, {0: 100}, met=60, missed=20)
     shedder.admit(0)
     assert shedder.share(0) == 0.25 and shedder.share(2) == 0.0
 

@@ -103,15 +103,25 @@ class RestAdapter:
         return json_response({"error": f"no route for {method} {path}"}, 404)
 
     def refuse_early(self, request: Request) -> Response | None:
-        """The 503 for an inference request the data plane would refuse whatever its body
-        (:meth:`DataPlane.refuse_early`), decided from the path and headers alone; ``None``
-        to go on and read it. Notes when the request arrived, for its deadline."""
+        """The answer to an inference request decided from the path and headers alone:
+        413 for a declared body over the limit, 503 if the data plane would refuse it
+        whatever its body (:meth:`DataPlane.refuse_early`); ``None`` to go on and read it.
+        Notes when the request arrived, for its deadline."""
         if request.method != "POST":
             return None
         match = _INFER.fullmatch(request.scope["path"])
         if match is None:
             return None
         headers = request.headers
+        declared = headers.get("content-length")
+        if declared is not None and _LENGTH.fullmatch(declared) and \
+                int(declared) > self.max_request_bytes:
+            try:  # counted like any answered request
+                with metrics.track_request(self.dataplane.model_label(match["model"]), "http"):
+                    raise PayloadTooLarge(f"request body of {declared} bytes exceeds the "
+                                          f"{self.max_request_bytes}-byte limit")
+            except ServingError as error:
+                return error_response(error)
         arrival = request.scope[ARRIVAL] = self.dataplane.arrival()
         try:
             self.dataplane.refuse_early(

@@ -150,3 +150,97 @@ def test_nothing_listens_on_all_interfaces(served: Served) -> None:
     # gRPC listens on an IPv6 socket: 127.0.0.1 shows as ::ffff:127.0.0.1, still loopback.
     addresses = [ipaddress.ip_address(a.ip) for a in listening if a.port in ours]
     assert all((getattr(a, "ipv4_mapped", None) or a).is_loopback for a in addresses)
+
+
+def exchange(address: str, raw: bytes, answers: int) -> list[bytes]:
+    """Send ``raw`` on one connection; return the first ``answers`` whole responses."""
+    host, port = address.split(":")
+    out: list[bytes] = []
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(raw)
+        buffer = b""
+        while len(out) < answers:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buffer += chunk
+            while True:
+                top, sep, rest = buffer.partition(b"\r\n\r\n")
+                if not sep:
+                    break
+                lengths = [int(line.split(b":")[1]) for line in top.lower().splitlines()
+                           if line.startswith(b"content-length:")]
+                size = lengths[0] if lengths else 0
+                if len(rest) < size:
+                    break
+                out.append(top + sep + rest[:size])
+                buffer = rest[size:]
+    return out
+
+
+def post(path: str, body: bytes, *extra: str) -> bytes:
+    head = [f"POST {path} HTTP/1.1", "Host: x", f"Content-Length: {len(body)}",
+            "Content-Type: application/json", *extra]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def test_pipelined_requests_are_answered_in_order(served: Served) -> None:
+    import json
+
+    first = json.dumps(infer_body(digits(1))).encode()
+    second = json.dumps(infer_body(digits(2))).encode()
+    raw = (post("/v2/models/digits/infer", first) + b"GET /v2/health/live HTTP/1.1\r\n"
+           b"Host: x\r\n\r\n" + post("/v2/models/digits/infer", second))
+    answers = exchange(served.http, raw, 3)
+    assert [a.split(b" ")[1] for a in answers] == [b"200", b"200", b"200"]
+    bodies = [json.loads(a.partition(b"\r\n\r\n")[2]) for a in answers]
+    assert bodies[0]["outputs"][0]["shape"][0] == 1
+    assert bodies[1] == {"live": True}
+    assert bodies[2]["outputs"][0]["shape"][0] == 2
+
+
+def test_a_chunked_body_and_expect_100_continue_are_understood(served: Served) -> None:
+    import json
+
+    body = json.dumps(infer_body(digits(3))).encode()
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part)
+                      for part in (body[:100], body[100:])) + b"0\r\n\r\n"
+    head = (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\n"
+            b"Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n")
+    host, port = served.http.split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(head)
+        assert sock.recv(1024).startswith(b"HTTP/1.1 100 Continue")  # then the body
+    answers = exchange(served.http, head + chunks, 2)
+    assert answers[0].startswith(b"HTTP/1.1 100 Continue")
+    assert answers[1].startswith(b"HTTP/1.1 200"), answers[1][:300]
+
+
+def test_a_declared_body_over_the_limit_is_refused_before_it_is_sent(served: Served) -> None:
+    limit = served.ingress.http.app.max_body_bytes
+    answer = headers_only(served.http, "/v2/models/digits/infer", {}, limit + 1)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert f"exceeds the {limit}-byte limit".encode() in answer
+
+
+def test_malformed_http_gets_400_and_the_server_keeps_serving(served: Served) -> None:
+    answers = exchange(served.http, b"NOT HTTP AT ALL\r\n\r\n", 1)
+    assert answers and answers[0].startswith(b"HTTP/1.1 400"), answers
+    assert b"malformed HTTP request" in answers[0]
+    assert httpx.get(f"http://{served.http}/v2/health/live").json() == {"live": True}
+
+
+def test_a_client_that_leaves_mid_request_gives_its_place_back(capped: Served) -> None:
+    host, port = capped.http.split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(post("/v2/models/digits/infer", b"{}")[:-2] + b"")  # body cut short
+        deadline = time.monotonic() + 2
+        while capped.ingress.cap.in_flight == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert capped.ingress.cap.in_flight == 1
+    deadline = time.monotonic() + 2
+    while capped.ingress.cap.in_flight and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert capped.ingress.cap.in_flight == 0
+    target = f"http://{capped.http}/v2/models/digits/infer"
+    assert httpx.post(target, json=infer_body(digits())).status_code == 200
