@@ -262,7 +262,7 @@ class DataPlane:
             )
         finally:
             if ok or expired:  # what the shedder judges by: admitted requests that missed
-                self.shedder.outcome(met)
+                self.shedder.outcome(ticket.priority, met)
             self._answered(spec.name, ticket, pool, ok=ok, met=met, rows=inferences)
 
     def _answered(

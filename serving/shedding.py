@@ -54,8 +54,8 @@ class Shedder:
         self.chance = chance
         self.shares: dict[int, float] = {}  # priority -> share of its arrivals refused
         self._arrivals: dict[int, int] = {}
-        self._outcomes = 0
-        self._missed = 0
+        self._outcomes: dict[int, int] = {}  # priority -> admitted requests answered
+        self._missed: dict[int, int] = {}  # priority -> of those, late or expired
         self._window_start = clock()
 
     def admit(self, priority: int) -> bool:
@@ -65,11 +65,13 @@ class Shedder:
         share = self.shares.get(priority, 0.0)
         return share <= 0.0 or self.chance() >= share
 
-    def outcome(self, met: bool) -> None:
-        """An admitted request was answered (``met``: within its deadline) or expired."""
+    def outcome(self, priority: int, met: bool) -> None:
+        """An admitted request of ``priority`` was answered (``met``: within its deadline)
+        or expired."""
         self._roll()
-        self._outcomes += 1
-        self._missed += not met
+        self._outcomes[priority] = self._outcomes.get(priority, 0) + 1
+        if not met:
+            self._missed[priority] = self._missed.get(priority, 0) + 1
 
     def share(self, priority: int) -> float:
         return self.shares.get(priority, 0.0)
@@ -79,15 +81,22 @@ class Shedder:
         elapsed = now - self._window_start
         if elapsed < self.window_s:
             return
-        if self._missed >= self.min_misses and self._missed > self.miss_ratio * self._outcomes:
-            step = min(max(self._missed / self._outcomes, MIN_STEP), self.max_step)
-            # Least important first: the largest priority number that had arrivals and is
-            # not yet refused entirely.
-            for priority in sorted(self._arrivals, reverse=True):
-                if self.shares.get(priority, 0.0) < 1.0:
-                    self.shares[priority] = min(1.0, self.shares.get(priority, 0.0) + step)
-                    break
-        elif not self._missed:
+        # Least important first: the largest priority number that had arrivals and is not
+        # yet refused entirely, judged by the misses of its own and more important classes
+        # (a class already refused entirely still drains late answers: they must not push
+        # shedding onto the classes above it).
+        candidates = [p for p in sorted(self._arrivals, reverse=True)
+                      if self.shares.get(p, 0.0) < 1.0]
+        if candidates:
+            level = candidates[0]
+            missed = sum(m for p, m in self._missed.items() if p <= level)
+            outcomes = sum(n for p, n in self._outcomes.items() if p <= level)
+            if missed >= self.min_misses and missed > self.miss_ratio * outcomes:
+                step = min(max(missed / outcomes, MIN_STEP), self.max_step)
+                self.shares[level] = min(1.0, self.shares.get(level, 0.0) + step)
+                self._reset(now)
+                return
+        if not any(self._missed.values()):
             fall = self.fall_per_s * elapsed  # an idle spell lets it all fall back
             for priority in sorted(self.shares):  # most important first
                 taken = min(fall, self.shares[priority])
@@ -96,6 +105,10 @@ class Shedder:
                 if fall <= 0:
                     break
             self.shares = {p: s for p, s in self.shares.items() if s > 0}
+        self._reset(now)
+
+    def _reset(self, now: float) -> None:
         self._arrivals.clear()
-        self._outcomes = self._missed = 0
+        self._outcomes.clear()
+        self._missed.clear()
         self._window_start = now

@@ -9,18 +9,12 @@ import pytest
 from serving.balancing import RESERVATION_TTL_S, InFlightBook, LeastBusyRouter
 from serving.placement import REQUEST_ROUTER
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from .fakes import Clock
 
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(100.0)
 
 
 @pytest.fixture

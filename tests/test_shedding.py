@@ -4,13 +4,7 @@ import pytest
 
 from serving.shedding import Shedder
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from .fakes import Clock
 
 
 @pytest.fixture
@@ -26,15 +20,15 @@ def shedder(clock: Clock) -> Shedder:
 
 
 def window(shedder: Shedder, clock: Clock, arrivals: dict[int, int], met: int,
-           missed: int) -> None:
-    """One window of traffic, then move the clock past it."""
-    for priority, count in arrivals.items():
+           missed: int, priority: int = 0) -> None:
+    """One window of traffic (outcomes of ``priority``), then move the clock past it."""
+    for arriving, count in arrivals.items():
         for _ in range(count):
-            shedder.admit(priority)
+            shedder.admit(arriving)
     for _ in range(met):
-        shedder.outcome(True)
+        shedder.outcome(priority, True)
     for _ in range(missed):
-        shedder.outcome(False)
+        shedder.outcome(priority, False)
     clock.now += 0.06
 
 
@@ -47,7 +41,7 @@ def test_nothing_is_shed_while_admitted_requests_meet_their_deadlines(shedder, c
 
 def test_misses_shed_the_least_important_class_first_then_the_next(shedder, clock) -> None:
     for _ in range(4):  # a quarter of the admitted missed: a quarter more shed each time
-        window(shedder, clock, {0: 100, 2: 100}, met=60, missed=20)
+        window(shedder, clock, {0: 100, 2: 100}, met=60, missed=20, priority=2)
     shedder.admit(0)  # rolls the last window
     assert shedder.share(2) == 1.0 and shedder.share(0) == 0.0
     assert shedder.admit(0) and not shedder.admit(2)
@@ -90,3 +84,19 @@ def test_shedding_falls_back_most_important_first_once_nothing_misses(shedder, c
 def test_bad_settings_are_refused_naming_the_values() -> None:
     with pytest.raises(ValueError, match="miss_ratio=1.5"):
         Shedder(miss_ratio=1.5)
+
+
+
+def test_late_answers_of_a_class_refused_entirely_do_not_shed_the_classes_above(
+        shedder, clock) -> None:
+    # Regression: a flood class at share 1 still drains admitted requests that miss; those
+    # misses pushed shedding onto the interactive class above it, which was meeting its SLO.
+    shedder.shares = {2: 1.0}
+    window(shedder, clock, {0: 20, 2: 200}, met=0, missed=50, priority=2)
+    window(shedder, clock, {0: 20, 2: 200}, met=20, missed=0, priority=0)
+    shedder.admit(0)
+    assert shedder.share(0) == 0.0 and shedder.share(2) > 0.9  # only the fall-back
+    for _ in range(2):  # now it misses: the flood is refused entirely again, then this
+        window(shedder, clock, {0: 20, 2: 200}, met=5, missed=15, priority=0)
+    shedder.admit(0)
+    assert shedder.share(2) == 1.0 and shedder.share(0) > 0.0

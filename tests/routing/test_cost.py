@@ -8,6 +8,8 @@ from serving.config import PoolConfig
 from serving.routing.cost import CostMeter, marginal_cost_per_row
 from serving.telemetry import metrics
 
+from ..fakes import Clock
+
 CLOUD = PoolConfig(location="cloud", price_per_hour=3.6)  # $0.001 per replica-second
 ONPREM = PoolConfig(power_w=700, idle_power_w=100, pue=1.2, energy_price_per_kwh=0.25,
                     capex_per_hour=1.8)
@@ -18,14 +20,6 @@ def test_marginal_cost_per_row() -> None:
     assert marginal_cost_per_row(CLOUD, 0.050, 10) == pytest.approx(5e-6)
     # On-prem: the energy above idle: 600 W x 1.2 x 5 ms = 3.6 J = 1e-6 kWh at $0.25.
     assert marginal_cost_per_row(ONPREM, 0.050, 10) == pytest.approx(0.25e-6)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_cloud_replicas_cost_by_the_hour_from_when_they_run() -> None:

@@ -10,13 +10,7 @@ from serving.config import EmulateConfig, PoolConfig
 from serving.routing.demand import DemandMeter
 from serving.routing.pools import PoolState
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from ..fakes import Clock
 
 
 def meter(clock: Clock) -> tuple[DemandMeter, PoolState]:
@@ -29,7 +23,7 @@ def meter(clock: Clock) -> tuple[DemandMeter, PoolState]:
 
 
 def test_rows_become_rates_and_pool_loads() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     demand, measured = meter(clock)
     overhead = measured.latency.overhead_s
     for _ in range(100):
@@ -51,7 +45,7 @@ def test_rows_become_rates_and_pool_loads() -> None:
 
 
 def test_a_report_resets_the_counts() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     demand, _ = meter(clock)
     demand.offered("m", 1, budget_s=0.05, onprem_only=False)
     clock.now += 1.0
@@ -62,6 +56,6 @@ def test_a_report_resets_the_counts() -> None:
 
 
 def test_a_budget_too_short_for_any_batch_counts_one_row_batches() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     demand, measured = meter(clock)
     assert demand.seconds_per_row("m", measured, 0.001) == pytest.approx(0.012)
