@@ -23,10 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from loadtests import loadgen
-from loadtests.bench_slo import BEFORE, before_config
+from loadtests.bench_slo import BEFORE, before_config, body
 from loadtests.harness import ROOT, Server, free_port, gateway_config, worktree
 
 WINDOW_S = 0.5
@@ -41,14 +39,6 @@ def gateway_replica_pid(server: Server) -> int:
         if ":Gateway" in " ".join(process.cmdline()):
             return process.pid
     raise SystemExit("no gateway replica process found")
-
-
-def body() -> tuple[bytes, dict[str, str]]:
-    x = np.random.default_rng(0).random((1, 64), dtype=np.float32)
-    payload = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
-                           "data": x.ravel().tolist()}]}
-    return json.dumps(payload).encode(), {"Content-Type": "application/json",
-                                          "x-slo-class": "realtime"}
 
 
 def schedule(phases: list[tuple[float, float]], seed: int = 0) -> list[float]:

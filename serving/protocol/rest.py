@@ -113,15 +113,11 @@ class RestAdapter:
         if match is None:
             return None
         headers = request.headers
-        declared = headers.get("content-length")
-        if declared is not None and _LENGTH.fullmatch(declared) and \
-                int(declared) > self.max_request_bytes:
-            try:  # counted like any answered request
-                with metrics.track_request(self.dataplane.model_label(match["model"]), "http"):
-                    raise PayloadTooLarge(f"request body of {declared} bytes exceeds the "
-                                          f"{self.max_request_bytes}-byte limit")
-            except ServingError as error:
-                return error_response(error)
+        try:  # counted like any answered request
+            with metrics.track_request(self.dataplane.model_label(match["model"]), "http"):
+                self._check_declared_length(headers.get("content-length"))
+        except ServingError as error:
+            return error_response(error)
         arrival = request.scope[ARRIVAL] = self.dataplane.arrival()
         try:
             self.dataplane.refuse_early(
@@ -174,13 +170,17 @@ class RestAdapter:
             result = await self.dataplane.infer(infer_request)
             return encode_infer_response(result, binary_outputs)
 
-    async def _read_body(self, request: Request) -> bytes:
+    def _check_declared_length(self, declared: str | None) -> None:
+        """:class:`PayloadTooLarge` if a ``Content-Length`` declares more than the limit."""
         limit = self.max_request_bytes
-        declared = request.headers.get("content-length")
         if declared is not None and _LENGTH.fullmatch(declared) and int(declared) > limit:
             raise PayloadTooLarge(
                 f"request body of {declared} bytes exceeds the {limit}-byte limit"
             )
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.max_request_bytes
+        self._check_declared_length(request.headers.get("content-length"))
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
