@@ -28,7 +28,7 @@ class LoopLag:
         self.period_s = period_s
         self._recent: deque[float] = deque(maxlen=window)
         self.delay_s = 0.0
-        self.worst_s = 0.0  # the largest single lag since the last read of worst()
+        self._worst_s = 0.0  # the largest single lag since the last read of worst()
         self._due = 0.0
         self._handle: asyncio.TimerHandle | None = None
 
@@ -46,11 +46,11 @@ class LoopLag:
         lag_s = max(lag_s, 0.0)
         self._recent.append(lag_s)
         self.delay_s = min(self._recent)
-        self.worst_s = max(self.worst_s, lag_s)
+        self._worst_s = max(self._worst_s, lag_s)
 
     def worst(self) -> float:
         """The largest lag since the last call (for a gauge), then start again."""
-        worst, self.worst_s = self.worst_s, 0.0
+        worst, self._worst_s = self._worst_s, 0.0
         return worst
 
     def _tick(self) -> None:

@@ -80,15 +80,16 @@ class HttpApp:
 
 
 class _Pending:
-    """One request of a connection: what was parsed, its answer once known (``early``:
-    decided from the headers), and whether it was written."""
+    """One request of a connection: what was parsed, its answer once known (from its
+    headers, its body's size, or the adapter), and whether it was written. Until its answer
+    is known it holds a place under the in-flight cap."""
 
-    __slots__ = ("request", "body", "early", "close", "answered")
+    __slots__ = ("request", "body", "response", "close", "answered")
 
     def __init__(self, scope: dict[str, Any], close: bool) -> None:
         self.body: list[bytes] = []
         self.request = Request(scope, self._receive)
-        self.early: Response | None = None
+        self.response: Response | None = None
         self.close = close
         self.answered = False
 
@@ -107,6 +108,7 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.expect_continue = False
         self.current: _Pending | None = None  # the request being parsed
         self.size = 0
         self.ready: deque[_Pending] = deque()  # parsed, waiting for their turn
@@ -121,7 +123,7 @@ class HttpProtocol(asyncio.Protocol):
             error = Overloaded(f"this gateway replica has {self.server.max_connections} "
                                "connections open, its limit (gateway_max_connections)",
                                retry_after_s=1.0)
-            self._write(encode(error_response(error), close=True), close=True)
+            self._send(error_response(error), close=True)
             return
         self._arm_idle()
 
@@ -132,7 +134,7 @@ class HttpProtocol(asyncio.Protocol):
         # Parsed (or half-parsed) but never answered: give their places under the cap back.
         unanswered = [*self.ready, *([self.current] if self.current else [])]
         for pending in unanswered:
-            if pending.early is None:
+            if pending.response is None:
                 self.app.cap.leave()
         self.ready.clear()
         self.current = None
@@ -149,12 +151,16 @@ class HttpProtocol(asyncio.Protocol):
     # -- parser callbacks
     def on_message_begin(self) -> None:
         self.url, self.headers, self.size, self.current = b"", [], 0, None
+        self.expect_continue = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        name = name.lower()
+        self.headers.append((name, value))
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_continue = True
 
     def on_headers_complete(self) -> None:
         parsed = httptools.parse_url(self.url)
@@ -165,21 +171,21 @@ class HttpProtocol(asyncio.Protocol):
             "root_path": "", "query_string": parsed.query or b"", "headers": self.headers,
         }
         pending = self.current = _Pending(scope, not self.parser.should_keep_alive())
-        pending.early = self.app.early(pending.request)
-        if pending.early is not None:
+        pending.response = self.app.early(pending.request)
+        if pending.response is not None:
             self._respond_if_first(pending)
-        elif dict(self.headers).get(b"expect", b"").lower() == b"100-continue":
+        elif self.expect_continue:
             self._write(_CONTINUE, close=False)
 
     def on_body(self, body: bytes) -> None:
         pending = self.current
-        if pending is None or pending.early is not None:
+        if pending is None or pending.response is not None:
             return  # answered from its headers: the body is skipped
         self.size += len(body)
         if self.size > self.app.max_body_bytes:
             self.app.cap.leave()
             pending.body.clear()
-            pending.early = error_response(PayloadTooLarge(
+            pending.response = error_response(PayloadTooLarge(
                 f"request body exceeds the {self.app.max_body_bytes}-byte limit"))
             pending.close = True  # reading the rest would be for nothing
             self._respond_if_first(pending)
@@ -199,7 +205,7 @@ class HttpProtocol(asyncio.Protocol):
     def _next(self) -> None:
         while self.ready and self.task is None and self.transport is not None:
             pending = self.ready.popleft()
-            if pending.early is not None:
+            if pending.response is not None:
                 self._respond(pending)
             else:
                 self.task = asyncio.get_running_loop().create_task(self._answer(pending))
@@ -210,10 +216,10 @@ class HttpProtocol(asyncio.Protocol):
 
     async def _answer(self, pending: _Pending) -> None:
         try:
-            pending.early = await self.app.answer(pending.request)
+            pending.response = await self.app.answer(pending.request)
         except Exception:  # the adapter answers every error itself: this is a bug
             logger.exception("unexpected error answering %s", pending.request.scope["path"])
-            pending.early = json_response({"error": "internal error"}, 500)
+            pending.response = json_response({"error": "internal error"}, 500)
         self.task = None
         self._respond(pending)
         self._next()
@@ -225,9 +231,12 @@ class HttpProtocol(asyncio.Protocol):
             self._respond(pending)
 
     def _respond(self, pending: _Pending) -> None:
-        assert pending.early is not None
+        assert pending.response is not None
         pending.answered = True
-        self._write(encode(pending.early, close=pending.close), close=pending.close)
+        self._send(pending.response, close=pending.close)
+
+    def _send(self, response: Response, *, close: bool) -> None:
+        self._write(encode(response, close=close), close=close)
 
     def _write(self, data: bytes, *, close: bool) -> None:
         if self.transport is None:
@@ -238,7 +247,7 @@ class HttpProtocol(asyncio.Protocol):
             self.transport = None
 
     def _fail(self, message: str) -> None:
-        self._write(encode(error_response(InvalidRequest(message)), close=True), close=True)
+        self._send(error_response(InvalidRequest(message)), close=True)
 
     def _arm_idle(self) -> None:
         if self.idle is not None:
