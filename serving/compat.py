@@ -3,7 +3,7 @@
 - The gateway's own ingress: :func:`own_ingress` asks Serve's controller for the YAML's
   ``proxy_location``, ``http_options`` and ``grpc_options`` (no public API hands them to a
   replica).
-- Running replicas: :func:`running_replicas` reads them from a handle's router, which the
+- Running replicas: :func:`replica_ids` reads them from a handle's router, which the
   controller keeps current by long poll. ``serve.status()`` says the same but costs tens of
   milliseconds of CPU per call (it pickles every deployment's config): polled each second,
   it was a fifth of a gateway replica's CPU.
@@ -38,16 +38,16 @@ async def own_ingress(servicer_function: str) -> Listen | None:
     )
 
 
-def running_replicas(handle: Any) -> int | None:
-    """How many replicas ``handle`` can route to now, or ``None`` if its router does not
-    know yet (or this Ray's internals differ). Sends nothing to the deployment."""
+def replica_ids(handle: Any) -> set[str] | None:
+    """The ids of the replicas ``handle`` can route to now, or ``None`` if its router does
+    not know yet (or this Ray's internals differ). Sends nothing to the deployment."""
     try:
         router = handle._router._asyncio_router
         request_router = router._request_router
         if request_router is not None:
-            return len(request_router.curr_replicas)
+            return {replica_id.unique_id for replica_id in request_router.curr_replicas}
         if router._running_replicas is not None:
-            return len(router._running_replicas)
+            return {info.replica_id.unique_id for info in router._running_replicas}
     except AttributeError:
         pass
     return None

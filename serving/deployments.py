@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -41,9 +42,10 @@ from serving.runtimes.emulated import EmulatedRuntime
 from serving.runtimes.onnx import OnnxRuntime
 from serving.runtimes.triton import TritonRuntime
 from serving.server import Ingress, Listen
+from serving.transport import BatchServer
 from serving.types import WorkItem
 from serving.worker import Result, Worker
-from serving.workers import RayWorkers
+from serving.workers import RayWorkers, link_key, publish_link, unpublish_link
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +60,19 @@ def make_runtime(spec: ModelSpec, pool: PoolConfig) -> Runtime:
     return OnnxRuntime(spec, device=pool.device, intra_op_num_threads=pool.intra_op_num_threads)
 
 
+def link_hosts() -> list[str]:
+    """Where a worker listens for direct connections: the loopback for a gateway on its
+    node, and the node's address (the one Ray uses) for gateways on other nodes."""
+    node_ip = ray.util.get_node_ip_address()
+    return ["127.0.0.1"] if node_ip in ("127.0.0.1", "localhost") else ["127.0.0.1", node_ip]
+
+
 @serve.deployment
 class ModelWorker:
-    """Serves one model on one pool; takes whole batches (one handle call per batch)."""
+    """Serves one model on one pool; takes whole batches, over its direct connections
+    (:mod:`serving.transport`) or, until a gateway has connected, Ray Serve's handle."""
 
-    def __init__(self, spec: ModelSpec, pool_name: str, pool: PoolConfig) -> None:
+    async def __init__(self, spec: ModelSpec, pool_name: str, pool: PoolConfig) -> None:
         self.pool_name = pool_name
         self.worker = Worker(
             make_runtime(spec, pool), cloud=pool.cloud, one_at_a_time=pool.emulate is not None
@@ -73,7 +83,23 @@ class ModelWorker:
         except ServingError as error:  # a remote backend that is down: start, not ready
             logger.warning("no start-up profile for %s on %s: %s", spec.name, pool_name, error)
             self._profile = []
+        context = serve.get_replica_context()
+        self._link_key = link_key(context.app_name, context.deployment, context.replica_tag)
+        token = secrets.token_urlsafe(24)
+        self.link = BatchServer(self.infer_batch, token=token, hosts=link_hosts())
+        ports = await self.link.start()
+        node_id = ray.get_runtime_context().get_node_id()
+        await asyncio.to_thread(publish_link, self._link_key, node_id, ports, token)
         logger.info("worker %s on pool %s (%s) started", spec.name, pool_name, pool.backend)
+
+    async def __del__(self) -> None:
+        # Ray Serve's shutdown hook. Its graceful wait counts only the handle's requests:
+        # the direct batches in progress finish here before the connections close.
+        try:
+            await asyncio.to_thread(unpublish_link, self._link_key)
+        except Exception:  # the GCS going down with the cluster: the key goes with it
+            logger.warning("could not unpublish %s", self._link_key, exc_info=True)
+        await self.link.stop()
 
     def profile(self) -> list[tuple[int, float]]:
         return self._profile
@@ -111,8 +137,8 @@ class Gateway:
         workers: dict[str, dict[str, DeploymentHandle]],
     ) -> None:
         app_name = serve.get_replica_context().app_name
-        handles = RayWorkers(workers, timeout_s=config.worker_timeout_s, app_name=app_name)
-        self.dataplane = DataPlane(config, specs, handles)
+        self.workers = RayWorkers(workers, timeout_s=config.worker_timeout_s, app_name=app_name)
+        self.dataplane = DataPlane(config, specs, self.workers)
         self.dataplane.start()  # keeps the pools' replicas, readiness and cost current
         self.rest = RestAdapter(self.dataplane, max_request_bytes=config.max_request_bytes)
         self.grpc = GrpcAdapter(self.dataplane, max_request_bytes=config.max_request_bytes)
@@ -138,6 +164,7 @@ class Gateway:
             await self.ingress.stop()
             self.ingress = None
         await self.dataplane.stop()
+        self.workers.stop()
 
     async def __del__(self) -> None:
         # Ray Serve's shutdown hook for a replica is its callable's (async) __del__.

@@ -8,6 +8,11 @@ in the gateway and the worker, and halved the median latency at 1200 req/s on di
 has no message limit; so does a batch whose reply outgrew gRPC's 4 MiB message limit (it is
 sent again: inference is idempotent). No error a client sees names Ray's internals: the
 details go to the gateway's log.
+
+Once a worker replica has published where it listens (:func:`publish_link`), batches skip
+the handle altogether and go over a direct connection (:mod:`serving.transport`,
+:mod:`serving.links`); the handle stays the way in until then, and for a batch whose
+connection broke (it is sent again through the handle).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 
 import grpc
 import ray
@@ -27,8 +33,11 @@ from ray.serve.handle import DeploymentHandle
 
 from serving import autoscaler, compat
 from serving.errors import BackendError, DeadlineExceeded, ModelNotReady, Overloaded
+from serving.links import WorkerLinks
 from serving.placement import worker_name
 from serving.routing.fleet import Result
+from serving.telemetry import metrics
+from serving.transport import BatchClient, ConnectionLost
 from serving.types import WorkItem
 
 logger = logging.getLogger(__name__)
@@ -40,6 +49,22 @@ _UNAVAILABLE = (ray.exceptions.RayError, RayServeException, grpc.aio.AioRpcError
 # Batches larger than this go through Ray's object store rather than by value over gRPC,
 # whose messages are limited to 4 MiB (RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH).
 BY_VALUE_MAX_BYTES = 1 << 20
+CONNECT_TIMEOUT_S = 1.0
+
+
+def link_key(app: str, deployment: str, replica_id: str) -> str:
+    """Where a worker replica publishes its direct-connection address, in Ray's internal KV."""
+    return f"link/{app}/{deployment}/{replica_id}"
+
+
+def publish_link(key: str, node_id: str, ports: dict[str, int], token: str) -> None:
+    """Publish a worker replica's listening ports (by host) and token (blocking call)."""
+    record = {"node_id": node_id, "ports": ports, "token": token}
+    internal_kv._internal_kv_put(key, json.dumps(record), namespace=autoscaler.KV_NAMESPACE)
+
+
+def unpublish_link(key: str) -> None:
+    internal_kv._internal_kv_del(key, namespace=autoscaler.KV_NAMESPACE)
 
 
 class _MessageTooLarge(Exception):
@@ -64,6 +89,17 @@ class RayWorkers:
         self.timeout_s = timeout_s
         self.app_name = app_name
         self._status_read = -math.inf
+        self._node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        self.links = {
+            model: {pool: WorkerLinks(self._connector(model, pool)) for pool in pools}
+            for model, pools in handles.items()
+        }
+
+    def stop(self) -> None:
+        """Close the direct connections."""
+        for pools in self.links.values():
+            for links in pools.values():
+                links.close()
 
     async def profile(self, model: str, pool: str) -> list[tuple[int, float]]:
         return await self.handles[model][pool].profile.remote()
@@ -71,6 +107,16 @@ class RayWorkers:
     async def infer(
         self, model: str, pool: str, items: list[WorkItem]
     ) -> tuple[list[Result], float]:
+        client = self.links[model][pool].pick()
+        if client is not None:
+            try:
+                results = await self._direct(model, pool, client, items)
+            except ConnectionLost as exc:  # the replica went away: Serve knows where to go
+                logger.warning("direct call to a worker of %s on %s lost: %s", model, pool, exc)
+            else:
+                metrics.WORKER_CALLS.labels(pool, model, "direct").inc()
+                return results
+        metrics.WORKER_CALLS.labels(pool, model, "handle").inc()
         size = sum(a.nbytes for item in items for a in item.inputs.values())
         if size <= BY_VALUE_MAX_BYTES:
             try:
@@ -78,6 +124,40 @@ class RayWorkers:
             except _MessageTooLarge:
                 pass  # the reply outgrew the gRPC message limit: the object store has none
         return await self._call(model, pool, self.handles[model][pool], items)
+
+    async def _direct(
+        self, model: str, pool: str, client: BatchClient, items: list[WorkItem]
+    ) -> tuple[list[Result], float]:
+        try:
+            return await asyncio.wait_for(client.call(items), self.timeout_s)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"model '{model}' on pool '{pool}' did not answer within {self.timeout_s}s"
+            ) from None
+
+    def _connector(self, model: str, pool: str) -> Callable[[str], Awaitable[BatchClient | None]]:
+        async def connect(replica_id: str) -> BatchClient | None:
+            if not self.app_name:
+                return None
+            key = link_key(self.app_name, worker_name(model, pool), replica_id)
+            raw = await asyncio.to_thread(
+                internal_kv._internal_kv_get, key, namespace=autoscaler.KV_NAMESPACE
+            )
+            if not raw:
+                return None
+            record = json.loads(raw)
+            ports: dict[str, int] = record["ports"]
+            # The loopback when on this node; else the node's own address.
+            host = "127.0.0.1" if record["node_id"] == self._node_id else next(
+                (h for h in ports if h != "127.0.0.1"), "127.0.0.1"
+            )
+            if host not in ports:
+                return None
+            return await BatchClient.connect(
+                host, ports[host], record["token"], CONNECT_TIMEOUT_S
+            )
+
+        return connect
 
     async def _call(
         self, model: str, pool: str, handle: DeploymentHandle, items: list[WorkItem]
@@ -126,16 +206,20 @@ class RayWorkers:
     async def replicas(self) -> dict[tuple[str, str], int]:
         """Running replicas per (model, pool), as each handle's router knows them (kept
         current by the controller); those it does not know yet come from Ray Serve's status,
-        which is costly, so at most every :data:`STATUS_POLL_S`."""
+        which is costly, so at most every :data:`STATUS_POLL_S`. The direct connections
+        follow the routers' replicas."""
         running: dict[tuple[str, str], int] = {}
         unknown = []
-        for model, pools in self._by_value.items():
+        syncs = []
+        for model, pools in self.handles.items():
             for pool, handle in pools.items():
-                count = compat.running_replicas(handle)
-                if count is None:
+                ids = compat.replica_ids(handle)
+                if ids is None:
                     unknown.append((model, pool))
                 else:
-                    running[(model, pool)] = count
+                    running[(model, pool)] = len(ids)
+                    syncs.append(self.links[model][pool].sync(ids))
+        await asyncio.gather(*syncs)
         now = time.monotonic()
         if unknown and self.app_name and now - self._status_read >= STATUS_POLL_S:
             self._status_read = now

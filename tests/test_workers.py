@@ -1,5 +1,6 @@
 """How the gateway reaches its workers: which transport a batch takes, and what a failed
-call becomes. Fake handles stand in for Ray's; the Ray path itself runs in tests/integration."""
+call becomes. Fake handles stand in for Ray's, a real loopback server for a replica's direct
+connection; the Ray path itself runs in tests/integration."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import numpy as np
 import pytest
 
 from serving.errors import ModelNotReady
+from serving.links import WorkerLinks
+from serving.transport import BatchClient, BatchServer
 from serving.types import WorkItem
 from serving.workers import BY_VALUE_MAX_BYTES, RayWorkers
 
@@ -77,3 +80,41 @@ def test_a_broken_channel_means_the_model_is_not_ready() -> None:
     with pytest.raises(ModelNotReady, match="no worker for model 'm' on pool 'onprem-cpu'"):
         asyncio.run(ray_workers.infer("m", "onprem-cpu", batch(1024)))
     assert calls == ["by-value"]
+
+
+def test_batches_go_direct_once_connected_and_through_the_handle_when_that_breaks() -> None:
+    async def scenario() -> list[str]:
+        ray_workers, calls = workers()
+        ran: list[str] = []
+        gate = asyncio.Event()
+
+        async def handler(items: list[WorkItem]):
+            ran.append(items[0].id)
+            if items[0].id == "hangs":
+                await gate.wait()
+            return [{"y": item.inputs["x"] * 3} for item in items], 0.001
+
+        server = BatchServer(handler, token="t", hosts=["127.0.0.1"])
+        port = (await server.start())["127.0.0.1"]
+
+        async def connect(replica_id: str) -> BatchClient:
+            return await BatchClient.connect("127.0.0.1", port, "t", 1.0)
+
+        links = ray_workers.links["m"]["onprem-cpu"] = WorkerLinks(connect)
+        await links.sync({"replica-1"})
+        results, _ = await ray_workers.infer("m", "onprem-cpu", batch(1024))
+        assert results[0]["y"][0] == 3 and ran == ["r"] and calls == []  # no handle call
+        # The replica goes away mid-batch: the batch is sent again through Serve's handle.
+        hanging = asyncio.ensure_future(
+            ray_workers.infer("m", "onprem-cpu", [WorkItem("hangs", {"x": np.ones(2)})])
+        )
+        while ran[-1] != "hangs":
+            await asyncio.sleep(0.001)
+        await server.stop(grace_s=0)
+        results, _ = await asyncio.wait_for(hanging, 2.0)
+        assert results[0]["y"][0] == 2  # the handle's answer
+        gate.set()
+        ray_workers.stop()
+        return calls
+
+    assert asyncio.run(scenario()) == ["by-value"]

@@ -89,6 +89,13 @@ POOL_ROWS = Counter(
     ["model", "pool"],
     registry=REGISTRY,
 )
+WORKER_CALLS = Counter(
+    "serving_worker_calls",
+    "Batches sent to each pool's workers, by path: a direct connection to a replica, or "
+    "Ray Serve's handle (before a replica's connection is known, or after one broke).",
+    ["pool", "model", "path"],
+    registry=REGISTRY,
+)
 COST = Counter(
     "serving_cost_dollars",
     "Dollars accrued by each pool: cloud replica-hours at price_per_hour; on-prem energy "

@@ -3,6 +3,7 @@ ONNX Runtime on the same inputs, for every model, JSON and binary."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +119,35 @@ def test_aio_client(gateway_url: str, reference) -> None:
     label = asyncio.run(call())
     np.testing.assert_array_equal(label, reference("digits", {"input": np.ones((1, 64),
                                                                               np.float32)})["label"])
+
+
+def worker_calls(gateway_url: str, model: str) -> dict[str, float]:
+    """serving_worker_calls_total for ``model`` by path, summed over pools."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    calls = {"direct": 0.0, "handle": 0.0}
+    text = httpx.get(f"http://{gateway_url}/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "serving_worker_calls_total" and sample.labels["model"] == model:
+                calls[sample.labels["path"]] += sample.value
+    return calls
+
+
+def test_batches_reach_the_workers_over_direct_connections(
+    client, gateway_url: str, reference
+) -> None:
+    x = np.random.default_rng(3).random((1, 64), dtype=np.float32)
+    want = reference("digits", {"input": x})["label"]
+    deadline = time.monotonic() + 20  # a fresh gateway connects at its first refresh
+    while worker_calls(gateway_url, "digits")["direct"] == 0:
+        assert time.monotonic() < deadline, "no batch went over a direct connection"
+        infer(client, "digits", {"input": x}, binary=True)
+        time.sleep(0.2)
+    before = worker_calls(gateway_url, "digits")
+    for _ in range(5):
+        result = infer(client, "digits", {"input": x}, binary=True)
+        np.testing.assert_array_equal(result.as_numpy("label"), want)
+    after = worker_calls(gateway_url, "digits")
+    assert after["direct"] - before["direct"] >= 5 and after["handle"] == before["handle"]
