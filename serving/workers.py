@@ -107,6 +107,7 @@ class RayWorkers:
     async def infer(
         self, model: str, pool: str, items: list[WorkItem]
     ) -> tuple[list[Result], float]:
+        start = time.monotonic()
         client = self.links[model][pool].pick()
         if client is not None:
             try:
@@ -114,9 +115,20 @@ class RayWorkers:
             except ConnectionLost as exc:  # the replica went away: Serve knows where to go
                 logger.warning("direct call to a worker of %s on %s lost: %s", model, pool, exc)
             else:
-                metrics.WORKER_CALLS.labels(pool, model, "direct").inc()
+                self._count(model, pool, "direct", start)
                 return results
-        metrics.WORKER_CALLS.labels(pool, model, "handle").inc()
+        results = await self._through_handle(model, pool, items)
+        self._count(model, pool, "handle", start)
+        return results
+
+    @staticmethod
+    def _count(model: str, pool: str, path: str, start: float) -> None:
+        metrics.WORKER_CALLS.labels(pool, model, path).inc()
+        metrics.WORKER_CALL_LATENCY.labels(pool, model, path).observe(time.monotonic() - start)
+
+    async def _through_handle(
+        self, model: str, pool: str, items: list[WorkItem]
+    ) -> tuple[list[Result], float]:
         size = sum(a.nbytes for item in items for a in item.inputs.values())
         if size <= BY_VALUE_MAX_BYTES:
             try:

@@ -96,6 +96,14 @@ WORKER_CALLS = Counter(
     ["pool", "model", "path"],
     registry=REGISTRY,
 )
+WORKER_CALL_LATENCY = Histogram(
+    "serving_worker_call_seconds",
+    "Round trip of a batch from the gateway to a worker and back, execution included, by "
+    "path (the hop's own cost is this minus serving_batch_execution_seconds).",
+    ["pool", "model", "path"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 COST = Counter(
     "serving_cost_dollars",
     "Dollars accrued by each pool: cloud replica-hours at price_per_hour; on-prem energy "
