@@ -86,7 +86,8 @@ class TritonSystem:
         self.server.stop()
 
 
-PEERS = ("gateway before", "serve.batch default", "serve.batch tuned", "triton")
+PEERS = ("gateway before", "gateway via handle", "serve.batch default", "serve.batch tuned",
+         "triton")
 
 
 def systems(
@@ -109,6 +110,10 @@ def systems(
         "gateway": Server(
             "gateway", gateway_config(free_port(), ["digits"]), workdir
         ),
+        # The same build with every batch through Ray Serve's handle (worker_transport).
+        "gateway via handle": Server(
+            "gateway-via-handle", via_handle_config(), workdir
+        ),
         "serve.batch default": baseline("serve-batch-default"),
         **({"gateway before": Server("gateway-before", before_config(), workdir, root=before)}
            if before is not None else {}),
@@ -126,6 +131,12 @@ def systems(
 def before_config() -> dict:
     """The gateway's config as of ``--before``: Ray Serve's proxy (HAProxy) as the ingress."""
     return {**gateway_config(free_port(), ["digits"]), "proxy_location": "HeadOnly"}
+
+
+def via_handle_config() -> dict:
+    document = gateway_config(free_port(), ["digits"])
+    document["applications"][0]["args"]["worker_transport"] = "handle"
+    return document
 
 
 def drain(url: str, limit_s: float = 60.0) -> None:

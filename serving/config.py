@@ -286,6 +286,12 @@ class GatewayConfig(_Strict):
     worker_timeout_s: float = Field(
         default=30.0, gt=0, description="Longest a worker call may take before 504."
     )
+    worker_transport: Literal["direct", "handle"] = Field(
+        default="direct",
+        description="How batches reach worker replicas: 'direct' connections to each replica "
+        "(through Ray Serve's handle until one is connected), or Ray Serve's 'handle' only "
+        "(where nodes may talk on Ray's own ports alone).",
+    )
     autoscaling: AutoscalingSettings = Field(
         default_factory=AutoscalingSettings,
         description="Pools with min_replicas < max_replicas scale with the gateway's demand.",

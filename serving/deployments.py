@@ -137,7 +137,10 @@ class Gateway:
         workers: dict[str, dict[str, DeploymentHandle]],
     ) -> None:
         app_name = serve.get_replica_context().app_name
-        self.workers = RayWorkers(workers, timeout_s=config.worker_timeout_s, app_name=app_name)
+        self.workers = RayWorkers(
+            workers, timeout_s=config.worker_timeout_s, app_name=app_name,
+            direct=config.worker_transport == "direct",
+        )
         self.dataplane = DataPlane(config, specs, self.workers)
         self.dataplane.start()  # keeps the pools' replicas, readiness and cost current
         self.rest = RestAdapter(self.dataplane, max_request_bytes=config.max_request_bytes)

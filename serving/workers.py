@@ -80,6 +80,7 @@ class RayWorkers:
         *,
         timeout_s: float,
         app_name: str | None = None,
+        direct: bool = True,
     ) -> None:
         self.handles = handles
         self._by_value = {
@@ -90,6 +91,7 @@ class RayWorkers:
         self.app_name = app_name
         self._status_read = -math.inf
         self._node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        self.direct = direct  # False: every batch through the handle (worker_transport)
         self.links = {
             model: {pool: WorkerLinks(self._connector(model, pool)) for pool in pools}
             for model, pools in handles.items()
@@ -230,7 +232,8 @@ class RayWorkers:
                     unknown.append((model, pool))
                 else:
                     running[(model, pool)] = len(ids)
-                    syncs.append(self.links[model][pool].sync(ids))
+                    if self.direct:
+                        syncs.append(self.links[model][pool].sync(ids))
         await asyncio.gather(*syncs)
         now = time.monotonic()
         if unknown and self.app_name and now - self._status_read >= STATUS_POLL_S:

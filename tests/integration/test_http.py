@@ -151,3 +151,27 @@ def test_batches_reach_the_workers_over_direct_connections(
         np.testing.assert_array_equal(result.as_numpy("label"), want)
     after = worker_calls(gateway_url, "digits")
     assert after["direct"] - before["direct"] >= 5 and after["handle"] == before["handle"]
+
+
+def test_worker_transport_handle_sends_every_batch_through_ray_serve(
+    gateway_url: str, model_repository: Path, reference
+) -> None:
+    from ray import serve
+
+    from .conftest import run_app, wait_ready
+
+    url = run_app("via-handle", {"model_repository": str(model_repository),
+                                 "models": ["digits"], "worker_transport": "handle",
+                                 "pools": {"onprem-cpu": {"num_cpus_per_replica": 0}}})
+    try:
+        wait_ready(url, 120)
+        client = httpclient.InferenceServerClient(url, network_timeout=60)
+        x = np.random.default_rng(4).random((2, 64), dtype=np.float32)
+        want = reference("digits", {"input": x})["label"]
+        for _ in range(3):
+            time.sleep(1.1)  # past a refresh: a direct transport would have connected
+            result = infer(client, "digits", {"input": x}, binary=True)
+            np.testing.assert_array_equal(result.as_numpy("label"), want)
+        assert worker_calls(url, "digits") == {"direct": 0.0, "handle": 3.0}
+    finally:
+        serve.delete("via-handle")
