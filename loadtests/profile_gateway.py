@@ -30,6 +30,8 @@ from loadtests.openloop import run
 LAYERS = (
     ("onnxruntime / worker", ("serving/worker.py", "onnxruntime")),
     ("protocol (decode, encode)", ("serving/protocol/",)),
+    ("worker connections", ("serving/transport.py", "serving/links.py", "msgpack/")),
+    ("metrics", ("prometheus_client/", "serving/telemetry/")),
     ("batching and routing", ("serving/batching/", "serving/routing/")),
     ("data plane", ("serving/dataplane.py",)),
     ("own servers (serving/server)", ("serving/server/",)),

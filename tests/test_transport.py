@@ -139,13 +139,22 @@ async def test_a_garbage_length_closes_the_connection(served) -> None:
     assert handler.batches == []
 
 
-@with_server
-async def test_a_call_in_flight_when_the_connection_drops_raises(served) -> None:
-    server, handler, port = served
+async def held_call(
+    served: tuple[BatchServer, Doubler, int],
+) -> tuple[BatchClient, asyncio.Future[tuple[list[Result], float]]]:
+    """A connected client with one call in flight, held in the handler until its gate."""
+    _, handler, port = served
     handler.gate = asyncio.Event()
     client = await BatchClient.connect("127.0.0.1", port, TOKEN, 1.0)
     call = asyncio.ensure_future(client.call([WorkItem("a", {"x": np.ones(1)})]))
     await handler.started.wait()
+    return client, call
+
+
+@with_server
+async def test_a_call_in_flight_when_the_connection_drops_raises(served) -> None:
+    server, handler, _ = served
+    client, call = await held_call(served)
     for connection in list(server._connections):
         connection.transport.close()
     with pytest.raises(ConnectionLost):
@@ -157,10 +166,7 @@ async def test_a_call_in_flight_when_the_connection_drops_raises(served) -> None
 @with_server
 async def test_stop_lets_the_batches_in_progress_answer(served) -> None:
     server, handler, port = served
-    handler.gate = asyncio.Event()
-    client = await BatchClient.connect("127.0.0.1", port, TOKEN, 1.0)
-    call = asyncio.ensure_future(client.call([WorkItem("a", {"x": np.ones(1)})]))
-    await handler.started.wait()
+    _, call = await held_call(served)
     stopping = asyncio.ensure_future(server.stop(grace_s=5.0))
     await asyncio.sleep(0)
     handler.gate.set()
