@@ -151,7 +151,6 @@ class BatchServer:
         self.handler = handler
         self.token = token.encode()
         self.hosts = hosts
-        self.ports: dict[str, int] = {}
         self._servers: list[asyncio.Server] = []
         self._connections: set[_ServerConnection] = set()
         self._running: set[asyncio.Task[None]] = set()
@@ -159,11 +158,12 @@ class BatchServer:
     async def start(self) -> dict[str, int]:
         """Listen; returns the port of each host."""
         loop = asyncio.get_running_loop()
+        ports = {}
         for host in self.hosts:
             server = await loop.create_server(lambda: _ServerConnection(self), host, 0)
             self._servers.append(server)
-            self.ports[host] = server.sockets[0].getsockname()[1]
-        return dict(self.ports)
+            ports[host] = server.sockets[0].getsockname()[1]
+        return ports
 
     async def stop(self, grace_s: float = 5.0) -> None:
         for server in self._servers:

@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from functools import partial
 
 import grpc
 import ray
@@ -93,7 +93,7 @@ class RayWorkers:
         self._node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
         self.direct = direct  # False: every batch through the handle (worker_transport)
         self.links = {
-            model: {pool: WorkerLinks(self._connector(model, pool)) for pool in pools}
+            model: {pool: WorkerLinks(partial(self._connect, model, pool)) for pool in pools}
             for model, pools in handles.items()
         }
 
@@ -145,33 +145,33 @@ class RayWorkers:
         try:
             return await asyncio.wait_for(client.call(items), self.timeout_s)
         except TimeoutError:
-            raise DeadlineExceeded(
-                f"model '{model}' on pool '{pool}' did not answer within {self.timeout_s}s"
-            ) from None
+            raise self._too_slow(model, pool) from None
 
-    def _connector(self, model: str, pool: str) -> Callable[[str], Awaitable[BatchClient | None]]:
-        async def connect(replica_id: str) -> BatchClient | None:
-            if not self.app_name:
-                return None
-            key = link_key(self.app_name, worker_name(model, pool), replica_id)
-            raw = await asyncio.to_thread(
-                internal_kv._internal_kv_get, key, namespace=autoscaler.KV_NAMESPACE
-            )
-            if not raw:
-                return None
-            record = json.loads(raw)
-            ports: dict[str, int] = record["ports"]
-            # The loopback when on this node; else the node's own address.
-            host = "127.0.0.1" if record["node_id"] == self._node_id else next(
-                (h for h in ports if h != "127.0.0.1"), "127.0.0.1"
-            )
-            if host not in ports:
-                return None
-            return await BatchClient.connect(
-                host, ports[host], record["token"], CONNECT_TIMEOUT_S
-            )
+    def _too_slow(self, model: str, pool: str) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"model '{model}' on pool '{pool}' did not answer within {self.timeout_s}s"
+        )
 
-        return connect
+    async def _connect(self, model: str, pool: str, replica_id: str) -> BatchClient | None:
+        """A connection to one replica of (model, pool), once it has published its ports."""
+        if not self.app_name:
+            return None
+        key = link_key(self.app_name, worker_name(model, pool), replica_id)
+        raw = await asyncio.to_thread(
+            internal_kv._internal_kv_get, key, namespace=autoscaler.KV_NAMESPACE
+        )
+        if not raw:
+            return None
+        record = json.loads(raw)
+        ports: dict[str, int] = record["ports"]
+        # The loopback when on this node; else the node's own address (none: it listens on
+        # its own loopback only, out of this gateway's reach).
+        host = "127.0.0.1" if record["node_id"] == self._node_id else next(
+            (h for h in ports if h != "127.0.0.1"), None
+        )
+        if host is None:
+            return None
+        return await BatchClient.connect(host, ports[host], record["token"], CONNECT_TIMEOUT_S)
 
     async def _call(
         self, model: str, pool: str, handle: DeploymentHandle, items: list[WorkItem]
@@ -181,9 +181,7 @@ class RayWorkers:
             return await asyncio.wait_for(response, self.timeout_s)
         except TimeoutError:
             response.cancel()
-            raise DeadlineExceeded(
-                f"model '{model}' on pool '{pool}' did not answer within {self.timeout_s}s"
-            ) from None
+            raise self._too_slow(model, pool) from None
         except ray.exceptions.RayTaskError as exc:
             # The worker's own errors come back as results; this is a bug in it.
             logger.error("worker call for model %s on pool %s raised: %s", model, pool, exc)
