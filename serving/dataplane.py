@@ -214,7 +214,7 @@ class DataPlane:
 
     def _refused(self, model: str, ticket: Ticket, reason: str) -> None:
         self.demand.offered(model, 1, ticket.budget_s, ticket.onprem_only)
-        metrics.REJECTIONS.labels(model, ticket.slo_class, reason).inc()
+        metrics.child(metrics.REJECTIONS, model, ticket.slo_class, reason).inc()
         self._answered(model, ticket, metrics.NO_POOL, ok=False, met=False, rows=1)
 
     async def infer(self, request: InferRequest) -> InferResult:
@@ -269,7 +269,7 @@ class DataPlane:
         self, model: str, ticket: Ticket, pool: str, *, ok: bool, met: bool, rows: int
     ) -> None:
         """Count one answered request: SLO counter, demand at risk, statistics."""
-        metrics.SLO.labels(model, ticket.slo_class, pool, "met" if met else "missed").inc()
+        metrics.child(metrics.SLO, model, ticket.slo_class, pool, "met" if met else "missed").inc()
         if not met:
             self.demand.at_risk(model)
         self.stats[model].request(ok, time.monotonic() - ticket.arrival, rows)

@@ -125,8 +125,9 @@ class RayWorkers:
 
     @staticmethod
     def _count(model: str, pool: str, path: str, start: float) -> None:
-        metrics.WORKER_CALLS.labels(pool, model, path).inc()
-        metrics.WORKER_CALL_LATENCY.labels(pool, model, path).observe(time.monotonic() - start)
+        metrics.child(metrics.WORKER_CALLS, pool, model, path).inc()
+        took = time.monotonic() - start
+        metrics.child(metrics.WORKER_CALL_LATENCY, pool, model, path).observe(took)
 
     async def _through_handle(
         self, model: str, pool: str, items: list[WorkItem]

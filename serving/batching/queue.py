@@ -56,10 +56,10 @@ class BatchQueue:
         try:
             evicted = self.planner.admit(entry, self.clock(), delay_s)
         except Overloaded:
-            metrics.REJECTIONS.labels(self.model, ticket.slo_class, "predicted_late").inc()
+            metrics.child(metrics.REJECTIONS, self.model, ticket.slo_class, "predicted_late").inc()
             raise
         for victim in evicted:
-            metrics.REJECTIONS.labels(self.model, victim.ticket.slo_class, "shed").inc()
+            metrics.child(metrics.REJECTIONS, self.model, victim.ticket.slo_class, "shed").inc()
             self._fail(
                 victim,
                 Overloaded(
@@ -84,7 +84,8 @@ class BatchQueue:
         while True:
             plan = self.planner.plan(now)
             for entry in plan.expired:
-                metrics.REJECTIONS.labels(self.model, entry.ticket.slo_class, "deadline").inc()
+                slo_class = entry.ticket.slo_class
+                metrics.child(metrics.REJECTIONS, self.model, slo_class, "deadline").inc()
                 self._fail(
                     entry,
                     DeadlineExceeded(
@@ -97,15 +98,17 @@ class BatchQueue:
                 break
             for entry in plan.batch:
                 waited = now - entry.ticket.arrival
-                metrics.QUEUE_WAIT.labels(self.model, entry.ticket.slo_class).observe(waited)
+                slo_class = entry.ticket.slo_class
+                metrics.child(metrics.QUEUE_WAIT, self.model, slo_class).observe(waited)
                 if self.stats is not None:
                     self.stats.queued(waited)
             assert plan.dispatch is not None  # the planner hands one with every batch
-            metrics.POOL_IN_FLIGHT.labels(plan.pool.name, self.model).set(plan.pool.in_flight)
-            task = asyncio.create_task(self._run(plan.batch, plan.pool, plan.dispatch))
+            pool = plan.pool
+            metrics.child(metrics.POOL_IN_FLIGHT, pool.name, self.model).set(pool.in_flight)
+            task = asyncio.create_task(self._run(plan.batch, pool, plan.dispatch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        metrics.QUEUE_DEPTH.labels(self.model).set(len(self.planner.queue))
+        metrics.child(metrics.QUEUE_DEPTH, self.model).set(len(self.planner.queue))
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -142,5 +145,5 @@ class BatchQueue:
                 if entry.future is not None and not entry.future.done():
                     entry.future.set_result((result, pool.name))
         finally:
-            metrics.POOL_IN_FLIGHT.labels(pool.name, self.model).set(pool.in_flight)
+            metrics.child(metrics.POOL_IN_FLIGHT, pool.name, self.model).set(pool.in_flight)
             self._pump()

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -50,10 +51,16 @@ def json_response(
     return Response(body, status_code=status, media_type=JSON, headers=headers)
 
 
+def retry_after(error: ServingError) -> str | None:
+    """The ``Retry-After`` header of ``error``'s answer (whole seconds, at least 1), if any."""
+    if error.retry_after_s is None:
+        return None
+    return str(max(1, round(error.retry_after_s)))
+
+
 def error_response(error: ServingError) -> Response:
-    headers = None
-    if error.retry_after_s is not None:
-        headers = {"Retry-After": str(max(1, round(error.retry_after_s)))}
+    seconds = retry_after(error)
+    headers = None if seconds is None else {"Retry-After": seconds}
     return json_response({"error": error.message}, int(error.status), headers)
 
 
@@ -102,30 +109,30 @@ class RestAdapter:
             )
         return json_response({"error": f"no route for {method} {path}"}, 404)
 
-    def refuse_early(self, request: Request) -> Response | None:
-        """The answer to an inference request decided from the path and headers alone:
-        413 for a declared body over the limit, 503 if the data plane would refuse it
-        whatever its body (:meth:`DataPlane.refuse_early`); ``None`` to go on and read it.
-        Notes when the request arrived, for its deadline."""
-        if request.method != "POST":
+    def refuse_early(
+        self, scope: dict[str, Any], headers: Mapping[str, str]
+    ) -> ServingError | None:
+        """The error to answer an inference request with, decided from its path and headers
+        (``headers``: lowercase names) alone: 413 for a declared body over the limit, 503 if
+        the data plane would refuse it whatever its body (:meth:`DataPlane.refuse_early`);
+        ``None`` to go on and read it. Counts a refusal among the requests answered; notes
+        when the request arrived (``scope[ARRIVAL]``), for its deadline."""
+        if scope["method"] != "POST":
             return None
-        match = _INFER.fullmatch(request.scope["path"])
+        match = _INFER.fullmatch(scope["path"])
         if match is None:
             return None
-        headers = request.headers
-        try:  # counted like any answered request
-            with metrics.track_request(self.dataplane.model_label(match["model"]), "http"):
-                self._check_declared_length(headers.get("content-length"))
-        except ServingError as error:
-            return error_response(error)
-        arrival = request.scope[ARRIVAL] = self.dataplane.arrival()
+        arrival = scope[ARRIVAL] = self.dataplane.arrival()
         try:
+            self._check_declared_length(headers.get("content-length"))
             self.dataplane.refuse_early(
                 match["model"], slo_class=headers.get(SLO_HEADER),
                 residency=headers.get(RESIDENCY_HEADER), arrival=arrival,
             )
         except ServingError as error:
-            return error_response(error)
+            metrics.observe_request(self.dataplane.model_label(match["model"]), "http",
+                                    error.status, time.monotonic() - arrival)
+            return error
         return None
 
     async def server_metadata(self, request: Request) -> Response:

@@ -61,9 +61,9 @@ class CostMeter:
         self.dollars[pool] += dollars
         self.joules[pool] += joules
         if dollars:
-            metrics.COST.labels(pool).inc(dollars)
+            metrics.child(metrics.COST, pool).inc(dollars)
         if joules:
-            metrics.ENERGY.labels(pool).inc(joules)
+            metrics.child(metrics.ENERGY, pool).inc(joules)
 
     def accrue(self, running: dict[str, int]) -> None:
         """Charge the time since the last call for the replicas that were running then, and

@@ -6,9 +6,10 @@ than an answer. Through uvicorn and ASGI a refusal cost about a third of an answ
 an ASGI cycle, a response object), and uvicorn was 17% of the replica's CPU when answering
 (profile in the README). Here the decision is taken in the parser's headers callback, before
 the body is read: in-flight cap, then the adapter's early refusal (SLO class, size); a
-refusal is written at once as bytes, no task is created, and the body that follows is
-skipped. Requests that go on are answered by the adapter on a task, one at a time per
-connection, in order (pipelining), with ``Expect: 100-continue`` honoured.
+refusal is written at once as bytes (the same refusal's bytes are built once), no task or
+request object is created, and the body that follows is skipped. Requests that go on are
+answered by the adapter on a task, one at a time per connection, in order (pipelining),
+with ``Expect: 100-continue`` honoured.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import httptools
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serving.errors import InvalidRequest, Overloaded, PayloadTooLarge
-from serving.protocol.rest import RestAdapter, error_response, json_response
+from serving.errors import InvalidRequest, Overloaded, PayloadTooLarge, ServingError
+from serving.protocol.rest import RestAdapter, error_response, json_response, retry_after
 from serving.server.limits import InFlightCap
 from serving.server.sockets import listen
 
@@ -36,6 +37,8 @@ KEEP_ALIVE_S = 30.0  # an idle connection is closed after this
 MAX_PIPELINED = 16  # complete requests queued on one connection before it stops reading
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _PHRASES = {status.value: status.phrase.encode() for status in HTTPStatus}
+_REFUSALS: dict[tuple[int, str, str | None, bool], bytes] = {}  # see refusal()
+_MAX_REFUSALS = 512
 
 
 def encode(response: Response, *, close: bool) -> bytes:
@@ -47,6 +50,18 @@ def encode(response: Response, *, close: bool) -> bytes:
         head.append(b"connection: close\r\n")
     head.append(b"\r\n")
     return b"".join(head) + response.body
+
+
+def refusal(error: ServingError, *, close: bool) -> bytes:
+    """The bytes answering ``error``. Under overload most answers are the same few
+    refusals, so each is built once (bounded: the cache starts again when full)."""
+    key = (error.status, error.message, retry_after(error), close)
+    data = _REFUSALS.get(key)
+    if data is None:
+        if len(_REFUSALS) >= _MAX_REFUSALS:
+            _REFUSALS.clear()
+        data = _REFUSALS[key] = encode(error_response(error), close=close)
+    return data
 
 
 class HttpApp:
@@ -61,16 +76,16 @@ class HttpApp:
     def max_body_bytes(self) -> int:
         return self.rest.max_request_bytes
 
-    def early(self, request: Request) -> Response | None:
-        """A response decided before the body is read, or None (then the request counts
-        against the cap until :meth:`answer` returns)."""
+    def early(self, scope: dict[str, Any], headers: dict[str, str]) -> ServingError | None:
+        """The error to answer with before the body is read, or None (then the request
+        counts against the cap until :meth:`answer` returns)."""
         refused = self.cap.enter()
         if refused is not None:
-            return error_response(refused)
-        response = self.rest.refuse_early(request)
-        if response is not None:
+            return refused
+        refused = self.rest.refuse_early(scope, headers)
+        if refused is not None:
             self.cap.leave()
-        return response
+        return refused
 
     async def answer(self, request: Request) -> Response:
         try:
@@ -80,18 +95,21 @@ class HttpApp:
 
 
 class _Pending:
-    """One request of a connection: what was parsed, its answer once known (from its
-    headers, its body's size, or the adapter), and whether it was written. Until its answer
-    is known it holds a place under the in-flight cap."""
+    """One request of a connection: what was parsed, its answer once known (a refusal from
+    its headers or its body's size, or the adapter's response), and whether it was written.
+    Until its answer is known it holds a place under the in-flight cap."""
 
-    __slots__ = ("request", "body", "response", "close", "answered")
+    __slots__ = ("scope", "body", "response", "close", "answered")
 
     def __init__(self, scope: dict[str, Any], close: bool) -> None:
+        self.scope = scope
         self.body: list[bytes] = []
-        self.request = Request(scope, self._receive)
-        self.response: Response | None = None
+        self.response: Response | ServingError | None = None
         self.close = close
         self.answered = False
+
+    def request(self) -> Request:
+        return Request(self.scope, self._receive)
 
     async def _receive(self) -> dict[str, Any]:
         # The whole body is in before the adapter runs (on_message_complete).
@@ -108,6 +126,7 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.fields: dict[str, str] = {}  # the same headers, for the early decision
         self.expect_continue = False
         self.current: _Pending | None = None  # the request being parsed
         self.size = 0
@@ -123,7 +142,7 @@ class HttpProtocol(asyncio.Protocol):
             error = Overloaded(f"this gateway replica has {self.server.max_connections} "
                                "connections open, its limit (gateway_max_connections)",
                                retry_after_s=1.0)
-            self._send(error_response(error), close=True)
+            self._send(error, close=True)
             return
         self._arm_idle()
 
@@ -150,7 +169,7 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- parser callbacks
     def on_message_begin(self) -> None:
-        self.url, self.headers, self.size, self.current = b"", [], 0, None
+        self.url, self.headers, self.fields, self.size, self.current = b"", [], {}, 0, None
         self.expect_continue = False
 
     def on_url(self, url: bytes) -> None:
@@ -159,6 +178,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
         self.headers.append((name, value))
+        self.fields[name.decode("latin-1")] = value.decode("latin-1")
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_continue = True
 
@@ -171,7 +191,7 @@ class HttpProtocol(asyncio.Protocol):
             "root_path": "", "query_string": parsed.query or b"", "headers": self.headers,
         }
         pending = self.current = _Pending(scope, not self.parser.should_keep_alive())
-        pending.response = self.app.early(pending.request)
+        pending.response = self.app.early(scope, self.fields)
         if pending.response is not None:
             self._respond_if_first(pending)
         elif self.expect_continue:
@@ -185,8 +205,8 @@ class HttpProtocol(asyncio.Protocol):
         if self.size > self.app.max_body_bytes:
             self.app.cap.leave()
             pending.body.clear()
-            pending.response = error_response(PayloadTooLarge(
-                f"request body exceeds the {self.app.max_body_bytes}-byte limit"))
+            pending.response = PayloadTooLarge(
+                f"request body exceeds the {self.app.max_body_bytes}-byte limit")
             pending.close = True  # reading the rest would be for nothing
             self._respond_if_first(pending)
             return
@@ -216,9 +236,9 @@ class HttpProtocol(asyncio.Protocol):
 
     async def _answer(self, pending: _Pending) -> None:
         try:
-            pending.response = await self.app.answer(pending.request)
+            pending.response = await self.app.answer(pending.request())
         except Exception:  # the adapter answers every error itself: this is a bug
-            logger.exception("unexpected error answering %s", pending.request.scope["path"])
+            logger.exception("unexpected error answering %s", pending.scope["path"])
             pending.response = json_response({"error": "internal error"}, 500)
         self.task = None
         self._respond(pending)
@@ -235,8 +255,11 @@ class HttpProtocol(asyncio.Protocol):
         pending.answered = True
         self._send(pending.response, close=pending.close)
 
-    def _send(self, response: Response, *, close: bool) -> None:
-        self._write(encode(response, close=close), close=close)
+    def _send(self, response: Response | ServingError, *, close: bool) -> None:
+        if isinstance(response, ServingError):
+            self._write(refusal(response, close=close), close=close)
+        else:
+            self._write(encode(response, close=close), close=close)
 
     def _write(self, data: bytes, *, close: bool) -> None:
         if self.transport is None:
@@ -247,7 +270,7 @@ class HttpProtocol(asyncio.Protocol):
             self.transport = None
 
     def _fail(self, message: str) -> None:
-        self._send(error_response(InvalidRequest(message)), close=True)
+        self._send(InvalidRequest(message), close=True)
 
     def _arm_idle(self) -> None:
         if self.idle is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -164,24 +165,32 @@ LATENCY_MODEL = Gauge(
 )
 
 
+@functools.lru_cache(maxsize=4096)
+def child(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, looked up once: ``labels()`` takes a lock and checks its
+    arguments on every call, a fifth of a refused request's CPU. Safe as no child is ever
+    removed; the label sets are bounded (models, classes and pools of the config)."""
+    return metric.labels(*values)
+
+
 def observe_batch(model: str, pool: str, rows: int, exec_s: float, latency: Any) -> None:
     """Record one executed batch and the latency model's current fit."""
-    BATCH_EXECUTION.labels(model, pool).observe(exec_s)
-    BATCH_SIZE.labels(model, pool).observe(rows)
-    POOL_ROWS.labels(model, pool).inc(rows)
+    child(BATCH_EXECUTION, model, pool).observe(exec_s)
+    child(BATCH_SIZE, model, pool).observe(rows)
+    child(POOL_ROWS, model, pool).inc(rows)
     for parameter in ("intercept_s", "slope_s", "overhead_s", "abs_error_s"):
-        LATENCY_MODEL.labels(model, pool, parameter).set(getattr(latency, parameter))
+        child(LATENCY_MODEL, model, pool, parameter).set(getattr(latency, parameter))
 
 
-def outcome(status: HTTPStatus) -> str:
-    """Fixed outcome label for an HTTP status: ``ok`` or the status phrase in snake case."""
-    return "ok" if status < 400 else status.phrase.lower().replace(" ", "_").replace("-", "_")
+# The outcome label of each HTTP status: ``ok`` or the status phrase in snake case.
+_OUTCOMES = {status: "ok" if status < 400 else
+             status.phrase.lower().replace(" ", "_").replace("-", "_") for status in HTTPStatus}
 
 
 def observe_request(model: str, protocol: str, status: HTTPStatus, seconds: float) -> None:
-    label = outcome(status)
-    REQUESTS.labels(model, protocol, label).inc()
-    REQUEST_LATENCY.labels(model, protocol, label).observe(seconds)
+    label = _OUTCOMES[status]
+    child(REQUESTS, model, protocol, label).inc()
+    child(REQUEST_LATENCY, model, protocol, label).observe(seconds)
 
 
 @contextmanager

@@ -244,3 +244,26 @@ def test_a_client_that_leaves_mid_request_gives_its_place_back(capped: Served) -
     assert capped.ingress.cap.in_flight == 0
     target = f"http://{capped.http}/v2/models/digits/infer"
     assert httpx.post(target, json=infer_body(digits())).status_code == 200
+
+
+def test_each_request_is_counted_once_with_its_outcome(served: Served) -> None:
+    """Regression: the early check counted every admitted request as a second ``ok``."""
+    from serving.telemetry import metrics
+
+    def count(outcome: str) -> float:
+        return metrics.REQUESTS.labels("digits", "http", outcome)._value.get()
+
+    target = f"http://{served.http}/v2/models/digits/infer"
+    ok, refused = count("ok"), count("service_unavailable")
+    assert httpx.post(target, json=infer_body(digits()),
+                      headers={"x-slo-class": "realtime"}).status_code == 200
+    held = hold_one_request(served, target, **{"x-slo-class": "batch"})
+    try:
+        answer = headers_only(served.http, "/v2/models/digits/infer",
+                              {"x-slo-class": "realtime"}, 10_000)
+    finally:
+        served.workers.gate.set()
+        held.join(10)
+    assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+    assert count("ok") == ok + 2  # the first request and the held one
+    assert count("service_unavailable") == refused + 1
