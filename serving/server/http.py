@@ -28,7 +28,7 @@ from starlette.responses import Response
 from serving.errors import InvalidRequest, Overloaded, PayloadTooLarge, ServingError
 from serving.protocol.rest import RestAdapter, error_response, json_response, retry_after
 from serving.server.limits import InFlightCap
-from serving.server.sockets import listen
+from serving.server.sockets import LISTEN_BACKLOG, listen
 
 logger = logging.getLogger(__name__)
 START_TIMEOUT_S = 10.0
@@ -305,7 +305,9 @@ class HttpServer:
         sock = listen(self.host, self.port)
         self.port = sock.getsockname()[1]
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: HttpProtocol(self), sock=sock)
+        # create_server listens again, by default with a backlog of 100: ours, not that.
+        self._server = await loop.create_server(lambda: HttpProtocol(self), sock=sock,
+                                                backlog=LISTEN_BACKLOG)
         logger.info("HTTP server on %s:%d", self.host, self.port)
 
     async def stop(self) -> None:

@@ -267,3 +267,32 @@ def test_each_request_is_counted_once_with_its_outcome(served: Served) -> None:
     assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
     assert count("ok") == ok + 2  # the first request and the held one
     assert count("service_unavailable") == refused + 1
+
+
+def test_a_burst_of_connections_waits_for_a_busy_loop_and_is_served(served: Served) -> None:
+    """Regression: ``create_server`` listened again with its default backlog of 100, so
+    new connections beyond it, while the loop was busy, had their handshakes dropped and
+    waited a second or more for the kernel to retry. 200 connections made while the loop
+    is held are all answered soon after it is released (200, or 503 from the in-flight cap
+    of 64: they all arrive in one pass of the loop)."""
+    host, port = served.http.split(":")
+    busy = threading.Event()
+    served.loop.call_soon_threadsafe(busy.wait, 10)
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(200):
+            client = socket.create_connection((host, int(port)), timeout=2)
+            client.sendall(f"GET /v2/health/live HTTP/1.1\r\nHost: {served.http}\r\n\r\n"
+                           .encode())
+            clients.append(client)
+    finally:
+        busy.set()
+    released = time.monotonic()
+    try:
+        for client in clients:
+            client.settimeout(max(0.9 - (time.monotonic() - released), 0.01))
+            answer = client.recv(65536)
+            assert answer[:12] in (b"HTTP/1.1 200", b"HTTP/1.1 503"), answer
+    finally:
+        for client in clients:
+            client.close()
