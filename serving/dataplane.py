@@ -68,7 +68,7 @@ class DataPlane:
         self.fleet = Fleet(config, specs, workers)
         self.stats = {name: ModelStats(name, spec.version) for name, spec in specs.items()}
         self.loop_lag = LoopLag()
-        self.shedder = Shedder()
+        self.shedder = Shedder(lag=lambda: self.loop_lag.delay_s)
         self.demand = DemandMeter(
             self.fleet.states,
             {name: max(spec.max_batch_size, 1) for name, spec in specs.items()},
@@ -262,7 +262,7 @@ class DataPlane:
             )
         finally:
             if ok or expired:  # what the shedder judges by: admitted requests that missed
-                self.shedder.outcome(ticket.priority, met)
+                self.shedder.outcome(ticket.priority, met, ticket.arrival)
             self._answered(spec.name, ticket, pool, ok=ok, met=met, rows=inferences)
 
     def _answered(

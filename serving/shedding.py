@@ -10,9 +10,22 @@ window of :attr:`Shedder.window_s`, if more than :attr:`Shedder.miss_ratio` of t
 (and at least :attr:`Shedder.min_misses`: a late request or two at low load is no overload),
 the least important priority that had arrivals sheds a larger share (then the next one),
 by as much as the share that missed (at least :data:`MIN_STEP`, at most ``max_step``);
-while none miss, shedding falls back, most important first. The refusal happens before the
-body is read (:meth:`~serving.dataplane.DataPlane.refuse_early`), the cheapest point.
-Plain logic with an explicit clock and random source, so it is unit-tested without a loop.
+while none miss and the replica has headroom, shedding falls back, most important first.
+
+Two things keep it from swinging between refusing too much and too little (measured at
+twice capacity: goodput per quarter second swung between 10% and 100% of capacity):
+
+- a miss is news only if the request was let in after the last rise: those let in before
+  were admitted under the old share and keep missing for a deadline's length after it;
+- it falls back only while the event loop runs on time (``lag() <= max_lag_s``): with no
+  misses but a busy loop the share is about right, and falling would let the overload in;
+- it falls back slowly (``slow_fall_per_s``) while more arrive than the replica has been
+  seen to answer on time (the best rate of a recent window), and quickly (``fall_per_s``)
+  once fewer do: after an overload ends, refusals stop within a second or so.
+
+The refusal happens before the body is read
+(:meth:`~serving.dataplane.DataPlane.refuse_early`), the cheapest point. Plain logic with an
+explicit clock, random source and lag, so it is unit-tested without a loop.
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ import time
 from collections.abc import Callable
 
 MIN_STEP = 0.05
+SERVED_DECAY = 0.98  # per window: the best rate served on time halves in ~35 windows
 
 
 class Shedder:
@@ -35,28 +49,39 @@ class Shedder:
         min_misses: int = 10,
         max_step: float = 0.5,
         fall_per_s: float = 1.0,
+        slow_fall_per_s: float = 0.3,
+        max_lag_s: float = 0.002,
         clock: Callable[[], float] = time.monotonic,
         chance: Callable[[], float] = random.random,
+        lag: Callable[[], float] = lambda: 0.0,
     ) -> None:
         if (window_s <= 0 or not 0 <= miss_ratio < 1 or min_misses < 1
-                or not MIN_STEP <= max_step <= 1 or fall_per_s <= 0):
+                or not MIN_STEP <= max_step <= 1 or not 0 < slow_fall_per_s <= fall_per_s
+                or max_lag_s < 0):
             raise ValueError(
                 f"window_s={window_s} must be > 0, miss_ratio={miss_ratio} in [0, 1), "
-                f"min_misses={min_misses} >= 1, max_step={max_step} in [{MIN_STEP}, 1] and "
-                f"fall_per_s={fall_per_s} > 0"
+                f"min_misses={min_misses} >= 1, max_step={max_step} in [{MIN_STEP}, 1], "
+                f"slow_fall_per_s={slow_fall_per_s} in (0, fall_per_s={fall_per_s}] and "
+                f"max_lag_s={max_lag_s} >= 0"
             )
         self.window_s = window_s
         self.miss_ratio = miss_ratio
         self.min_misses = min_misses
         self.max_step = max_step
         self.fall_per_s = fall_per_s
+        self.slow_fall_per_s = slow_fall_per_s
+        self.max_lag_s = max_lag_s
         self.clock = clock
         self.chance = chance
+        self.lag = lag
         self.shares: dict[int, float] = {}  # priority -> share of its arrivals refused
         self._arrivals: dict[int, int] = {}
         self._outcomes: dict[int, int] = {}  # priority -> admitted requests answered
         self._missed: dict[int, int] = {}  # priority -> of those, late or expired
+        self._met = 0  # admitted requests answered in time, this window
+        self.served_rps = 0.0  # the best rate of those in a recent window (decaying)
         self._window_start = clock()
+        self._raised_at = float("-inf")  # when a share last rose
 
     def admit(self, priority: int) -> bool:
         """Whether to let in an arrival of ``priority`` (False: refuse it now)."""
@@ -65,10 +90,14 @@ class Shedder:
         share = self.shares.get(priority, 0.0)
         return share <= 0.0 or self.chance() >= share
 
-    def outcome(self, priority: int, met: bool) -> None:
+    def outcome(self, priority: int, met: bool, admitted_at: float | None = None) -> None:
         """An admitted request of ``priority`` was answered (``met``: within its deadline)
-        or expired."""
+        or expired. ``admitted_at`` (this clock): when it was let in; one let in before the
+        last rise is not counted."""
         self._roll()
+        self._met += met
+        if admitted_at is not None and admitted_at < self._raised_at:
+            return
         self._outcomes[priority] = self._outcomes.get(priority, 0) + 1
         if not met:
             self._missed[priority] = self._missed.get(priority, 0) + 1
@@ -81,6 +110,7 @@ class Shedder:
         elapsed = now - self._window_start
         if elapsed < self.window_s:
             return
+        self.served_rps = max(self._met / elapsed, self.served_rps * SERVED_DECAY)
         # Least important first: the largest priority number that had arrivals and is not
         # yet refused entirely, judged by the misses of its own and more important classes
         # (a class already refused entirely still drains late answers: they must not push
@@ -94,10 +124,13 @@ class Shedder:
             if missed >= self.min_misses and missed > self.miss_ratio * outcomes:
                 step = min(max(missed / outcomes, MIN_STEP), self.max_step)
                 self.shares[level] = min(1.0, self.shares.get(level, 0.0) + step)
+                self._raised_at = now
                 self._reset(now)
                 return
-        if not any(self._missed.values()):
-            fall = self.fall_per_s * elapsed  # an idle spell lets it all fall back
+        if not any(self._missed.values()) and (not self.shares or self.lag() <= self.max_lag_s):
+            arriving_rps = sum(self._arrivals.values()) / elapsed
+            rate = self.fall_per_s if arriving_rps <= self.served_rps else self.slow_fall_per_s
+            fall = rate * elapsed  # an idle spell lets it all fall back
             for priority in sorted(self.shares):  # most important first
                 taken = min(fall, self.shares[priority])
                 self.shares[priority] -= taken
@@ -111,4 +144,5 @@ class Shedder:
         self._arrivals.clear()
         self._outcomes.clear()
         self._missed.clear()
+        self._met = 0
         self._window_start = now
