@@ -127,7 +127,7 @@ class Shedder:
                 self._raised_at = now
                 self._reset(now)
                 return
-        if not any(self._missed.values()) and (not self.shares or self.lag() <= self.max_lag_s):
+        if self.shares and not any(self._missed.values()) and self.lag() <= self.max_lag_s:
             arriving_rps = sum(self._arrivals.values()) / elapsed
             rate = self.fall_per_s if arriving_rps <= self.served_rps else self.slow_fall_per_s
             fall = rate * elapsed  # an idle spell lets it all fall back
