@@ -28,7 +28,7 @@ from starlette.responses import Response
 from serving.errors import InvalidRequest, Overloaded, PayloadTooLarge, ServingError
 from serving.protocol.rest import RestAdapter, error_response, json_response, retry_after
 from serving.server.limits import InFlightCap
-from serving.server.sockets import LISTEN_BACKLOG, listen
+from serving.server.sockets import Acceptor, listen
 
 logger = logging.getLogger(__name__)
 START_TIMEOUT_S = 10.0
@@ -298,23 +298,21 @@ class HttpServer:
         self.port = port
         self.max_connections = max_connections
         self.connections: set[HttpProtocol] = set()
-        self._server: asyncio.Server | None = None
+        self._acceptor: Acceptor | None = None
 
     async def start(self) -> None:
         """Bind and serve; ``OSError`` if the address cannot be bound."""
         sock = listen(self.host, self.port)
         self.port = sock.getsockname()[1]
-        loop = asyncio.get_running_loop()
-        # create_server listens again, by default with a backlog of 100: ours, not that.
-        self._server = await loop.create_server(lambda: HttpProtocol(self), sock=sock,
-                                                backlog=LISTEN_BACKLOG)
+        self._acceptor = Acceptor(sock, lambda: HttpProtocol(self))
+        self._acceptor.start()
         logger.info("HTTP server on %s:%d", self.host, self.port)
 
     async def stop(self) -> None:
         """Stop accepting, let requests in progress finish (up to a few seconds), close."""
-        if self._server is None:
+        if self._acceptor is None:
             return
-        self._server.close()
+        self._acceptor.stop()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STOP_TIMEOUT_S
         while any(c.busy() for c in self.connections) and loop.time() < deadline:
@@ -322,4 +320,4 @@ class HttpServer:
         for connection in list(self.connections):
             if connection.transport is not None:
                 connection.transport.close()
-        self._server = None
+        self._acceptor = None

@@ -1,5 +1,6 @@
 """The gateway's own servers on real sockets, over the real data plane and ONNX Runtime
-(no Ray): the servers run on an event loop in a thread of their own, clients are real."""
+(no Ray): the servers run on a uvloop event loop in a thread of their own, as in a Ray
+replica; clients are real."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from serving.config import parse_gateway_config
 from serving.dataplane import DataPlane
@@ -64,7 +66,7 @@ def serve(model_repository: Path, *, max_in_flight: int = 64, http_port: int = 0
                                    "gateway_max_ongoing_requests": max_in_flight})
     specs = load_repository(config)
     workers = GatedWorkers(specs)
-    loop = asyncio.new_event_loop()
+    loop = uvloop.new_event_loop()  # Ray's replicas run uvloop where it is installed
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
 
