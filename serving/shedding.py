@@ -5,23 +5,29 @@ Admission predicts each request's completion from the pools' latency models, whi
 see the gateway replica itself running out of CPU. Past that point every admitted request
 slows down every other (the worker calls wait behind new arrivals on the one event loop),
 answers arrive late or expire in the queue, and goodput collapses while the replica works
-flat out. The signal that does see it is the outcome: admitted requests that missed. Each
-window of :attr:`Shedder.window_s`, if more than :attr:`Shedder.miss_ratio` of them missed
-(and at least :attr:`Shedder.min_misses`: a late request or two at low load is no overload),
-the least important priority that had arrivals sheds a larger share (then the next one),
-by as much as the share that missed (at least :data:`MIN_STEP`, at most ``max_step``);
-while none miss and the replica has headroom, shedding falls back, most important first.
+flat out. The signals that do see it are the outcomes, admitted requests that missed, and
+the rate answered in time (:attr:`Shedder.served_rps`, the best of recent windows: the
+replica's capacity once it is overloaded).
 
-Two things keep it from swinging between refusing too much and too little (measured at
-twice capacity: goodput per quarter second swung between 10% and 100% of capacity):
+Each window of :attr:`Shedder.window_s`, if more than :attr:`Shedder.miss_ratio` of the
+admitted requests missed (and at least :attr:`Shedder.min_misses`: a late request or two at
+low load is no overload), the least important priority that had arrivals (then the next
+one) sheds a larger share: enough to refuse what was let in beyond the rate answered in
+time (at least :data:`MIN_STEP`, at most ``max_step``). While none miss and the event loop
+runs on time, shedding falls back, most important first:
 
-- a miss is news only if the request was let in after the last rise: those let in before
-  were admitted under the old share and keep missing for a deadline's length after it;
-- it falls back only while the event loop runs on time (``lag() <= max_lag_s``): with no
-  misses but a busy loop the share is about right, and falling would let the overload in;
-- it falls back slowly (``slow_fall_per_s``) while more arrive than the replica has been
-  seen to answer on time (the best rate of a recent window), and quickly (``fall_per_s``)
-  once fewer do: after an overload ends, refusals stop within a second or so.
+- quickly (``fall_per_s``) once no more arrive than the replica has answered in time:
+  after an overload ends, refusals stop within a second or so;
+- slowly (``slow_fall_per_s``) while more arrive, and only while fewer are let in than
+  :data:`PROBE` above the rate answered in time: the admitted rate creeps up to what the
+  replica can do (the rate answered in time follows it up while it can) instead of
+  overshooting into another collapse;
+- not at all while the loop runs late (``lag() > max_lag_s``): the share is about right.
+
+A miss is news only if the request was let in after the last rise: those let in before
+were admitted under the old share and keep missing for a deadline's length after it.
+Measured at twice capacity, rising by the share that missed (up to half) and falling
+without the probe bound swung goodput per quarter second between 5% and 100% of capacity.
 
 The refusal happens before the body is read
 (:meth:`~serving.dataplane.DataPlane.refuse_early`), the cheapest point. Plain logic with an
@@ -35,6 +41,7 @@ import time
 from collections.abc import Callable
 
 MIN_STEP = 0.05
+PROBE = 0.05  # let in at most this much more than the rate answered in time, while shedding
 SERVED_DECAY = 0.98  # per window: the best rate served on time halves in ~35 windows
 
 
@@ -78,6 +85,7 @@ class Shedder:
         self._arrivals: dict[int, int] = {}
         self._outcomes: dict[int, int] = {}  # priority -> admitted requests answered
         self._missed: dict[int, int] = {}  # priority -> of those, late or expired
+        self._admitted = 0  # arrivals let in, this window
         self._met = 0  # admitted requests answered in time, this window
         self.served_rps = 0.0  # the best rate of those in a recent window (decaying)
         self._window_start = clock()
@@ -88,7 +96,9 @@ class Shedder:
         self._roll()
         self._arrivals[priority] = self._arrivals.get(priority, 0) + 1
         share = self.shares.get(priority, 0.0)
-        return share <= 0.0 or self.chance() >= share
+        admitted = share <= 0.0 or self.chance() >= share
+        self._admitted += admitted
+        return admitted
 
     def outcome(self, priority: int, met: bool, admitted_at: float | None = None) -> None:
         """An admitted request of ``priority`` was answered (``met``: within its deadline)
@@ -111,6 +121,7 @@ class Shedder:
         if elapsed < self.window_s:
             return
         self.served_rps = max(self._met / elapsed, self.served_rps * SERVED_DECAY)
+        admitted_rps = self._admitted / elapsed
         # Least important first: the largest priority number that had arrivals and is not
         # yet refused entirely, judged by the misses of its own and more important classes
         # (a class already refused entirely still drains late answers: they must not push
@@ -122,14 +133,21 @@ class Shedder:
             missed = sum(m for p, m in self._missed.items() if p <= level)
             outcomes = sum(n for p, n in self._outcomes.items() if p <= level)
             if missed >= self.min_misses and missed > self.miss_ratio * outcomes:
-                step = min(max(missed / outcomes, MIN_STEP), self.max_step)
+                # Refuse, of this level's arrivals, what was let in beyond the rate served.
+                excess = (admitted_rps - self.served_rps) * elapsed / self._arrivals[level]
+                step = min(max(excess, MIN_STEP), self.max_step)
                 self.shares[level] = min(1.0, self.shares.get(level, 0.0) + step)
                 self._raised_at = now
                 self._reset(now)
                 return
         if self.shares and not any(self._missed.values()) and self.lag() <= self.max_lag_s:
             arriving_rps = sum(self._arrivals.values()) / elapsed
-            rate = self.fall_per_s if arriving_rps <= self.served_rps else self.slow_fall_per_s
+            if arriving_rps <= self.served_rps:
+                rate = self.fall_per_s
+            elif admitted_rps < (1 + PROBE) * self.served_rps:
+                rate = self.slow_fall_per_s
+            else:
+                rate = 0.0
             fall = rate * elapsed  # an idle spell lets it all fall back
             for priority in sorted(self.shares):  # most important first
                 taken = min(fall, self.shares[priority])
@@ -144,5 +162,6 @@ class Shedder:
         self._arrivals.clear()
         self._outcomes.clear()
         self._missed.clear()
+        self._admitted = 0
         self._met = 0
         self._window_start = now

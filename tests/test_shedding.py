@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from serving.shedding import Shedder
@@ -40,29 +42,47 @@ def test_nothing_is_shed_while_admitted_requests_meet_their_deadlines(shedder, c
 
 
 def test_misses_shed_the_least_important_class_first_then_the_next(shedder, clock) -> None:
-    for _ in range(4):  # a quarter of the admitted missed: a quarter more shed each time
+    for _ in range(4):  # 200 let in, 60 in time: at most half more of priority 2 each time
         window(shedder, clock, {0: 100, 2: 100}, met=60, missed=20, priority=2)
     shedder.admit(0)  # rolls the last window
     assert shedder.share(2) == 1.0 and shedder.share(0) == 0.0
     assert shedder.admit(0) and not shedder.admit(2)
     window(shedder, clock, {0: 100, 2: 100}, met=60, missed=20)
     shedder.admit(0)
-    assert shedder.share(0) == 0.25  # priority 2 is refused entirely: now priority 0
+    # Priority 2 is refused entirely: now priority 0, which let in 102 (with the two above)
+    # where 60 were served in time.
+    assert shedder.share(0) == pytest.approx((102 - 60) / 102)
 
 
-def test_the_step_follows_how_many_missed_within_bounds(shedder, clock) -> None:
-    window(shedder, clock, {0: 100}, met=10, missed=90)  # 90% missed: at most 0.5
+def test_the_step_refuses_what_was_let_in_beyond_the_rate_served_in_time(shedder,
+                                                                          clock) -> None:
+    # Rising by the share that missed (here 60%) overshot: goodput per quarter second swung
+    # between 5% and 100% of capacity at twice capacity. 80 were served in time a window
+    # before, 100 are let in now: a fifth is refused (less the served rate's 2% decay).
+    window(shedder, clock, {0: 80}, met=80, missed=0)
+    window(shedder, clock, {0: 100}, met=40, missed=60)
+    shedder.admit(0)
+    assert shedder.share(0) == pytest.approx((100 - 80 * 0.98) / 100)
+
+
+def test_the_step_is_at_most_max_step(shedder, clock) -> None:
+    window(shedder, clock, {0: 100}, met=10, missed=90)  # 90 too many let in: half
     shedder.admit(0)
     assert shedder.share(0) == 0.5
-    window(shedder, clock, {0: 100}, met=194, missed=6)  # 3%: at least 0.05
+
+
+def test_the_step_is_at_least_the_minimum_when_no_more_were_let_in_than_served(
+        shedder, clock) -> None:
+    window(shedder, clock, {0: 100}, met=100, missed=0)
+    window(shedder, clock, {0: 90}, met=80, missed=10)  # capacity fell: still a step
     shedder.admit(0)
-    assert shedder.share(0) == pytest.approx(0.55)
+    assert shedder.share(0) == pytest.approx(0.05)
 
 
 def test_a_class_with_no_arrivals_is_not_where_shedding_goes(shedder, clock) -> None:
     window(shedder, clock, {0: 100}, met=60, missed=20)
     shedder.admit(0)
-    assert shedder.share(0) == 0.25 and shedder.share(2) == 0.0
+    assert shedder.share(0) == pytest.approx(0.4) and shedder.share(2) == 0.0
 
 
 def test_a_few_late_requests_at_low_load_shed_nothing(shedder, clock) -> None:
@@ -109,8 +129,8 @@ def test_misses_of_requests_let_in_before_a_rise_do_not_raise_it_again(shedder, 
     # counting them again raised the share window after window (measured: goodput swung
     # between 10% and 100% of capacity at twice capacity).
     window(shedder, clock, {0: 100}, met=60, missed=20)
-    shedder.admit(0)
-    assert shedder.share(0) == 0.25
+    shedder.admit(0)  # 100 let in, 60 served in time: 40% refused (and this one let in)
+    assert shedder.share(0) == pytest.approx(0.4)
     before = clock.now - 0.01  # let in before the rise
     for _ in range(20):
         shedder.outcome(0, False, admitted_at=before)
@@ -118,14 +138,15 @@ def test_misses_of_requests_let_in_before_a_rise_do_not_raise_it_again(shedder, 
         shedder.outcome(0, True, admitted_at=clock.now)
     clock.now += 0.06
     shedder.admit(0)
-    assert shedder.share(0) == pytest.approx(0.19)  # old news: no rise; it falls back
+    assert shedder.share(0) == pytest.approx(0.34)  # old news: no rise; it falls back
     for _ in range(20):
         shedder.outcome(0, False, admitted_at=clock.now)
     for _ in range(60):
         shedder.outcome(0, True, admitted_at=clock.now)
     clock.now += 0.06
     shedder.admit(0)
-    assert shedder.share(0) == pytest.approx(0.44)  # let in after the rise: news
+    # Let in after the rise: news. One was let in, 60 served: the least step.
+    assert shedder.share(0) == pytest.approx(0.39)
 
 
 def test_shedding_holds_while_the_event_loop_runs_late(clock) -> None:
@@ -143,14 +164,33 @@ def test_shedding_holds_while_the_event_loop_runs_late(clock) -> None:
     assert shedder.share(0) == pytest.approx(0.44)
 
 
+@pytest.fixture
+def even(clock: Clock) -> Shedder:
+    """A shedder whose chances run evenly over [0, 1): a share of 0.5 lets in every other."""
+    chances = itertools.cycle([k / 10 for k in range(10)])
+    return Shedder(window_s=0.05, min_misses=5, fall_per_s=1.0, slow_fall_per_s=0.3,
+                   clock=clock, chance=lambda: next(chances))
+
+
 def test_shedding_falls_back_slowly_while_more_arrive_than_were_served_in_time(
-        shedder, clock) -> None:
+        even, clock) -> None:
     # Falling fast into an overload that is still there let it back in (goodput at twice
     # capacity: 1,400-1,600/s with a fast fall, 1,870-1,900/s with a slow one, 3 runs each).
-    shedder.shares = {0: 0.5}
-    window(shedder, clock, {0: 100}, met=50, missed=0)  # 50 served, twice that arrive
-    shedder.admit(0)
-    assert shedder.share(0) == pytest.approx(0.5 - 0.3 * 0.06)
-    window(shedder, clock, {0: 40}, met=40, missed=0)  # the overload has ended
-    shedder.admit(0)
-    assert shedder.share(0) == pytest.approx(0.5 - 0.3 * 0.06 - 1.0 * 0.06)
+    even.shares = {0: 0.5}
+    window(even, clock, {0: 100}, met=50, missed=0)  # 50 let in and served, 100 arrived
+    even.admit(0)
+    assert even.share(0) == pytest.approx(0.5 - 0.3 * 0.06)
+    window(even, clock, {0: 40}, met=40, missed=0)  # the overload has ended
+    even.admit(0)
+    assert even.share(0) == pytest.approx(0.5 - 0.3 * 0.06 - 1.0 * 0.06)
+
+
+def test_shedding_holds_while_more_are_let_in_than_were_served_in_time(even, clock) -> None:
+    # Let in 50 where 40 were served: falling further would overshoot into a collapse.
+    even.shares = {0: 0.5}
+    window(even, clock, {0: 100}, met=40, missed=0)
+    even.admit(0)
+    assert even.share(0) == 0.5
+    window(even, clock, {0: 100}, met=50, missed=0)  # served caught up: it falls again
+    even.admit(0)
+    assert even.share(0) == pytest.approx(0.5 - 0.3 * 0.06)
