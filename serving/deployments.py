@@ -105,6 +105,8 @@ class ModelWorker:
         return self._profile
 
     async def infer_batch(self, items: list[WorkItem]) -> tuple[list[Result], float]:
+        if self.worker.runs_inline():  # well under a millisecond: a thread costs more
+            return self.worker.infer_batch(items)
         # Off the event loop: a heavy batch must not stall health checks and metrics.
         return await asyncio.to_thread(self.worker.infer_batch, items)
 

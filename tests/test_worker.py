@@ -156,3 +156,26 @@ def test_one_at_a_time_serialises_executions_and_times_only_the_execution() -> N
         thread.join()
     assert max(overlaps) == 1
     assert max(timings) < 0.09  # the wait for the device is not execution time
+
+
+class Remote(Doubler):
+    local = False  # as a runtime that calls another server
+
+
+def test_short_batches_of_a_local_runtime_run_inline_others_on_a_thread() -> None:
+    worker = Worker(Doubler())
+    assert not worker.runs_inline()  # nothing measured yet: a thread
+    worker.infer_batch(items([{"x": np.ones((1, 2), np.float32)}]))
+    assert worker.runs_inline()  # a doubling takes microseconds
+    remote = Worker(Remote())
+    remote.infer_batch(items([{"x": np.ones((1, 2), np.float32)}]))
+    assert not remote.runs_inline()  # may wait on a server: never on the loop
+
+
+def test_a_slow_batch_sends_the_next_one_to_a_thread(monkeypatch) -> None:
+    worker = Worker(Doubler())
+    worker.infer_batch(items([{"x": np.ones((1, 2), np.float32)}]))
+    monkeypatch.setattr(worker, "_execute", lambda members: ([{"y": m["x"]} for m in members],
+                                                            0.05))
+    worker.infer_batch(items([{"x": np.ones((1, 2), np.float32)}]))
+    assert not worker.runs_inline()

@@ -12,6 +12,10 @@ from serving.types import Tensors
 class Runtime(ABC):
     """Runs whole batches of one model. Lifecycle: ``load()`` once, ``infer()``, ``unload()``."""
 
+    # Runs in this process: a batch's time is compute, never a wait on another server
+    # (a short batch may then run on the worker's event loop).
+    local: bool = True
+
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
 

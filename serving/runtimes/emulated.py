@@ -20,6 +20,8 @@ from serving.types import Tensors
 class EmulatedRuntime(Runtime):
     """Wraps ``inner``; a batch of ``rows`` rows takes ``profile.seconds(rows)`` in all."""
 
+    local = False  # a batch waits for the emulated device (sleeps), not only computes
+
     def __init__(self, inner: Runtime, profile: EmulateConfig) -> None:
         super().__init__(inner.spec)
         self.inner = inner

@@ -43,6 +43,8 @@ CHANNEL_ARGS = [
 class TritonRuntime(Runtime):
     """Forwards batches of ``spec`` (same name and version on the server) to ``url``."""
 
+    local = False  # a call waits on the server, which may hang until the timeout
+
     def __init__(self, spec: ModelSpec, *, url: str, timeout_s: float = 10.0) -> None:
         super().__init__(spec)
         self.url = url
