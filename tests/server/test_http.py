@@ -6,6 +6,7 @@ import ipaddress
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -269,24 +270,38 @@ def test_each_request_is_counted_once_with_its_outcome(served: Served) -> None:
     assert count("service_unavailable") == refused + 1
 
 
+def health_checks_while_held(served: Served, count: int,
+                             then: Callable[[], None] | None = None) -> list[socket.socket]:
+    """``count`` connections, each with a health check sent, made while the server's loop
+    is held; ``then`` is queued on the loop behind the hold, which is then released."""
+    host, port = served.http.split(":")
+    held = threading.Event()
+    served.loop.call_soon_threadsafe(held.wait, 10)
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            client = socket.create_connection((host, int(port)), timeout=5)
+            client.sendall(f"GET /v2/health/live HTTP/1.1\r\nHost: {served.http}\r\n\r\n"
+                           .encode())
+            clients.append(client)
+        if then is not None:
+            served.loop.call_soon_threadsafe(then)
+    except BaseException:
+        for client in clients:
+            client.close()
+        raise
+    finally:
+        held.set()
+    return clients
+
+
 def test_a_burst_of_connections_waits_for_a_busy_loop_and_is_served(served: Served) -> None:
     """Regression: ``create_server`` listened again with its default backlog of 100, so
     new connections beyond it, while the loop was busy, had their handshakes dropped and
     waited a second or more for the kernel to retry. 200 connections made while the loop
     is held are all answered soon after it is released (200, or 503 from the in-flight cap
     of 64: they all arrive in one pass of the loop)."""
-    host, port = served.http.split(":")
-    busy = threading.Event()
-    served.loop.call_soon_threadsafe(busy.wait, 10)
-    clients: list[socket.socket] = []
-    try:
-        for _ in range(200):
-            client = socket.create_connection((host, int(port)), timeout=2)
-            client.sendall(f"GET /v2/health/live HTTP/1.1\r\nHost: {served.http}\r\n\r\n"
-                           .encode())
-            clients.append(client)
-    finally:
-        busy.set()
+    clients = health_checks_while_held(served, 200)
     released = time.monotonic()
     try:
         for client in clients:
@@ -303,7 +318,6 @@ def test_connections_waiting_on_a_busy_loop_are_accepted_in_one_turn(served: Ser
     takes milliseconds, so new connections waited in the listen backlog for seconds (2.2 s
     at 6,400 req/s), to be refused as late once accepted. 100 connections made while the
     loop is held are all answered within a few turns of a loop kept busy."""
-    host, port = served.http.split(":")
     turns, done = [0], threading.Event()
 
     def turn() -> None:  # runs once per turn of the loop, each turn takes a millisecond
@@ -312,18 +326,7 @@ def test_connections_waiting_on_a_busy_loop_are_accepted_in_one_turn(served: Ser
         if not done.is_set():
             served.loop.call_soon(turn)
 
-    held = threading.Event()
-    served.loop.call_soon_threadsafe(held.wait, 10)
-    clients: list[socket.socket] = []
-    try:
-        for _ in range(100):
-            client = socket.create_connection((host, int(port)), timeout=5)
-            client.sendall(f"GET /v2/health/live HTTP/1.1\r\nHost: {served.http}\r\n\r\n"
-                           .encode())
-            clients.append(client)
-        served.loop.call_soon_threadsafe(turn)
-    finally:
-        held.set()
+    clients = health_checks_while_held(served, 100, then=turn)
     try:
         for client in clients:
             assert client.recv(65536)[:12] in (b"HTTP/1.1 200", b"HTTP/1.1 503")
