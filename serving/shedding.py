@@ -126,10 +126,8 @@ class Shedder:
         # yet refused entirely, judged by the misses of its own and more important classes
         # (a class already refused entirely still drains late answers: they must not push
         # shedding onto the classes above it).
-        candidates = [p for p in sorted(self._arrivals, reverse=True)
-                      if self.shares.get(p, 0.0) < 1.0]
-        if candidates:
-            level = candidates[0]
+        level = max((p for p in self._arrivals if self.shares.get(p, 0.0) < 1.0), default=None)
+        if level is not None:
             missed = sum(m for p, m in self._missed.items() if p <= level)
             outcomes = sum(n for p, n in self._outcomes.items() if p <= level)
             if missed >= self.min_misses and missed > self.miss_ratio * outcomes:

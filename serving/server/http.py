@@ -31,7 +31,6 @@ from serving.server.limits import InFlightCap
 from serving.server.sockets import Acceptor, listen
 
 logger = logging.getLogger(__name__)
-START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 KEEP_ALIVE_S = 30.0  # an idle connection is closed after this
 MAX_PIPELINED = 16  # complete requests queued on one connection before it stops reading
