@@ -29,6 +29,7 @@ from serving.errors import InvalidRequest, Overloaded, PayloadTooLarge, ServingE
 from serving.protocol.rest import RestAdapter, error_response, json_response, retry_after
 from serving.server.limits import InFlightCap
 from serving.server.sockets import Acceptor, listen
+from serving.telemetry import metrics
 
 logger = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 5.0
@@ -78,7 +79,7 @@ class HttpApp:
     def early(self, scope: dict[str, Any], headers: dict[str, str]) -> ServingError | None:
         """The error to answer with before the body is read, or None (then the request
         counts against the cap until :meth:`answer` returns)."""
-        refused = self.cap.enter()
+        refused = self.cap.enter("http")
         if refused is not None:
             return refused
         refused = self.rest.refuse_early(scope, headers)
@@ -141,6 +142,7 @@ class HttpProtocol(asyncio.Protocol):
             error = Overloaded(f"this gateway replica has {self.server.max_connections} "
                                "connections open, its limit (gateway_max_connections)",
                                retry_after_s=1.0)
+            metrics.child(metrics.INGRESS_REFUSALS, "http", "connections").inc()
             self._send(error, close=True)
             return
         self._arm_idle()

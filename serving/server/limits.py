@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from serving.errors import Overloaded
+from serving.telemetry import metrics
 
 # What a client refused at the cap is told to wait; the cap frees within one SLO budget.
 RETRY_AFTER_S = 1.0
@@ -22,10 +23,12 @@ class InFlightCap:
         self.in_flight = 0
         self.refused = 0
 
-    def enter(self) -> Overloaded | None:
-        """Count a request in, or return the error to answer it with if the cap is reached."""
+    def enter(self, protocol: str) -> Overloaded | None:
+        """Count a request in, or return the error to answer it with if the cap is reached
+        (counted in ``serving_ingress_refusals_total`` under ``protocol``)."""
         if self.in_flight >= self.limit:
             self.refused += 1
+            metrics.child(metrics.INGRESS_REFUSALS, protocol, "in_flight_cap").inc()
             return Overloaded(
                 f"this gateway replica has {self.in_flight} requests in flight, its limit "
                 f"(gateway_max_ongoing_requests)",

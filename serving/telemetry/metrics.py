@@ -75,6 +75,15 @@ REJECTIONS = Counter(
     ["model", "slo_class", "reason"],
     registry=REGISTRY,
 )
+INGRESS_REFUSALS = Counter(
+    "serving_ingress_refusals",
+    "Requests and connections a gateway replica's servers refused before reading them, by "
+    "reason: in_flight_cap (gateway_max_ongoing_requests reached: 503 / UNAVAILABLE) and "
+    "connections (gateway_max_connections reached: 503, then closed). Not in "
+    "serving_requests_total: the model is not known yet.",
+    ["protocol", "reason"],
+    registry=REGISTRY,
+)
 SLO = Counter(
     "serving_slo_requests",
     "Requests that reached SLO admission, by whether they were answered within their "

@@ -19,6 +19,7 @@ from serving.protocol.grpc import GrpcAdapter
 from serving.protocol.rest import RestAdapter
 from serving.repository import load_repository
 from serving.server import Ingress, Listen
+from serving.telemetry import metrics
 
 from ..protocol.conftest import InProcessWorkers
 
@@ -60,8 +61,8 @@ class Served:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
 
 
-def serve(model_repository: Path, *, max_in_flight: int = 64, http_port: int = 0,
-          grpc_port: int = 0) -> Iterator[Served]:
+def serve(model_repository: Path, *, max_in_flight: int = 64, max_connections: int = 256,
+          http_port: int = 0, grpc_port: int = 0) -> Iterator[Served]:
     config = parse_gateway_config({"models": MODELS, "model_repository": model_repository,
                                    "gateway_max_ongoing_requests": max_in_flight})
     specs = load_repository(config)
@@ -78,7 +79,7 @@ def serve(model_repository: Path, *, max_in_flight: int = 64, http_port: int = 0
             RestAdapter(dataplane, max_request_bytes=config.max_request_bytes),
             GrpcAdapter(dataplane, max_request_bytes=config.max_request_bytes),
             Listen("127.0.0.1", http_port, grpc_port),
-            max_in_flight=max_in_flight, max_connections=256,
+            max_in_flight=max_in_flight, max_connections=max_connections,
             max_message_bytes=config.max_request_bytes,
         )
         await ingress.start()
@@ -102,6 +103,14 @@ def serve(model_repository: Path, *, max_in_flight: int = 64, http_port: int = 0
 @pytest.fixture
 def served(model_repository: Path) -> Iterator[Served]:
     yield from serve(model_repository)
+
+
+def ingress_refusals(protocol: str, reason: str) -> float:
+    """``serving_ingress_refusals_total`` for one label set (the registry is global: tests
+    compare it before and after)."""
+    value = metrics.REGISTRY.get_sample_value(
+        "serving_ingress_refusals_total", {"protocol": protocol, "reason": reason})
+    return value or 0.0
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from .conftest import Served
+from .conftest import Served, ingress_refusals
 
 
 def infer_inputs(rows: int = 1) -> list[grpcclient.InferInput]:
@@ -67,6 +67,7 @@ def test_tritonclient_infers_over_the_own_server(served: Served) -> None:
 
 
 def test_over_the_cap_unavailable_with_retry_after(capped: Served) -> None:
+    counted = ingress_refusals("grpc", "in_flight_cap")
     held = held_call(capped)
     try:
         code, details, trailing = raw_infer(capped)
@@ -76,6 +77,7 @@ def test_over_the_cap_unavailable_with_retry_after(capped: Served) -> None:
     assert code == grpc.StatusCode.UNAVAILABLE
     assert "gateway_max_ongoing_requests" in details
     assert trailing.get("retry-after") == "1"
+    assert ingress_refusals("grpc", "in_flight_cap") == counted + 1
 
 
 def test_a_class_that_cannot_be_met_is_refused_before_decoding(served: Served) -> None:

@@ -15,7 +15,7 @@ import psutil
 
 from serving.server.sockets import listen
 
-from .conftest import Served, serve
+from .conftest import Served, ingress_refusals, serve
 
 
 def digits(rows: int = 1) -> np.ndarray:
@@ -76,6 +76,7 @@ def test_infer_and_health_over_a_real_socket(served: Served) -> None:
 
 def test_a_request_over_the_in_flight_cap_is_refused_before_its_body(capped: Served) -> None:
     target = f"http://{capped.http}/v2/models/digits/infer"
+    counted = ingress_refusals("http", "in_flight_cap")
     held = hold_one_request(capped, target)
     try:
         start = time.monotonic()
@@ -89,6 +90,33 @@ def test_a_request_over_the_in_flight_cap_is_refused_before_its_body(capped: Ser
     assert b"gateway_max_ongoing_requests" in answer
     assert took < 0.5
     assert capped.ingress.cap.refused == 1
+    assert ingress_refusals("http", "in_flight_cap") == counted + 1
+
+
+def test_a_connection_over_the_limit_is_answered_503_and_closed(
+        model_repository: Path) -> None:
+    """With ``max_connections`` open, the next connection gets a 503 naming the limit
+    without sending anything, then EOF; it is counted; the open ones keep serving."""
+    limited = serve(model_repository, max_connections=2)
+    served = next(limited)
+    try:
+        host, port = served.http.split(":")
+        counted = ingress_refusals("http", "connections")
+        with httpx.Client() as first, httpx.Client() as second:
+            target = f"http://{served.http}/v2/health/ready"
+            assert first.get(target).status_code == 200
+            assert second.get(target).status_code == 200
+            with socket.create_connection((host, int(port)), timeout=5) as third:
+                answer = b""
+                while chunk := third.recv(65536):  # until the server closes it
+                    answer += chunk
+            assert first.get(target).status_code == 200
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+        assert b"gateway_max_connections" in answer
+        assert b"retry-after: 1" in answer.lower()
+        assert ingress_refusals("http", "connections") == counted + 1
+    finally:
+        limited.close()
 
 
 def test_a_class_that_cannot_be_met_is_refused_from_its_headers(served: Served) -> None:
