@@ -86,8 +86,8 @@ class TritonSystem:
         self.server.stop()
 
 
-PEERS = ("gateway before", "gateway via handle", "serve.batch default", "serve.batch tuned",
-         "triton")
+PEERS = ("gateway before", "gateway via handle", "gateway x2", "serve.batch default",
+         "serve.batch tuned", "triton")
 
 
 def systems(
@@ -113,6 +113,11 @@ def systems(
         # The same build with every batch through Ray Serve's handle (worker_transport).
         "gateway via handle": Server(
             "gateway-via-handle", via_handle_config(), workdir
+        ),
+        # Two gateway replicas sharing the port (SO_REUSEPORT): the kernel spreads
+        # connections over them; each forms its own batches for the one worker.
+        "gateway x2": Server(
+            "gateway-x2", gateway_config(free_port(), ["digits"], gateway_replicas=2), workdir
         ),
         "serve.batch default": baseline("serve-batch-default"),
         **({"gateway before": Server("gateway-before", before_config(), workdir, root=before)}

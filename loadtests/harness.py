@@ -32,11 +32,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def gateway_config(port: int, models: list[str], grpc_port: int | None = None) -> dict[str, Any]:
+def gateway_config(port: int, models: list[str], grpc_port: int | None = None,
+                   **args: Any) -> dict[str, Any]:
+    """The quickstart config on ``port`` serving ``models``; ``args``: more gateway args."""
     document = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
     document["http_options"]["port"] = port
     document["grpc_options"]["port"] = grpc_port or free_port()
-    document["applications"][0]["args"]["models"] = models
+    document["applications"][0]["args"].update(models=models, **args)
     return document
 
 
