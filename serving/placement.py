@@ -14,6 +14,7 @@ from typing import Any
 
 from serving.autoscaling import ScaledPool
 from serving.config import AutoscalingSettings, GatewayConfig, PoolConfig
+from serving.telemetry import shared
 
 # Of its pool's resource, what one replica takes: a node declaring 1 unit hosts up to 1,000
 # replicas, so CPUs, GPUs and memory, not this marker, bound how many fit.
@@ -101,7 +102,12 @@ DEMAND_INTERVAL_S = 0.5
 
 def gateway_options(config: GatewayConfig) -> dict:
     """Serve deployment options for the gateway. It has an ``autoscaling_config`` (with a
-    fixed count) only so that Serve collects its demand metrics for the pool autoscaler."""
+    fixed count) only so that Serve collects its demand metrics for the pool autoscaler.
+    Several replicas get one metrics directory (:mod:`serving.telemetry.shared`): they
+    share their node's port, so each scrape must report them all."""
+    actor: dict[str, Any] = {"num_cpus": 0, "resources": dict(config.gateway_resources)}
+    if config.gateway_replicas > 1:
+        actor["runtime_env"] = {"env_vars": {shared.DIR_ENV: shared.new_dir()}}
     return {
         "autoscaling_config": {
             "min_replicas": config.gateway_replicas,
@@ -110,7 +116,7 @@ def gateway_options(config: GatewayConfig) -> dict:
             "look_back_period_s": 2 * DEMAND_INTERVAL_S,
         },
         "max_ongoing_requests": config.gateway_max_ongoing_requests,
-        "ray_actor_options": {"num_cpus": 0, "resources": dict(config.gateway_resources)},
+        "ray_actor_options": actor,
     }
 
 

@@ -13,6 +13,7 @@ from serving.placement import (
     scaled_pool,
     worker_options,
 )
+from serving.telemetry import shared
 
 CONFIG = parse_gateway_config({"models": ["m"], "pools": {
     "onprem-gpu": {"num_gpus_per_replica": 1, "label_selector": {"rack": "a1"}},
@@ -52,6 +53,16 @@ def test_an_autoscaled_pool_is_described_to_the_autoscaler() -> None:
     # The gateway has an autoscaling_config only so that Serve collects its demand.
     gateway = gateway_options(CONFIG)["autoscaling_config"]
     assert gateway["min_replicas"] == gateway["max_replicas"] == CONFIG.gateway_replicas
+
+
+def test_gateway_replicas_sharing_a_port_share_a_metrics_directory() -> None:
+    """One replica keeps its metrics in memory; several (a scrape reaches any one of them)
+    get one directory per deployment, fresh at each build."""
+    assert "runtime_env" not in gateway_options(CONFIG)["ray_actor_options"]
+    two = parse_gateway_config({"models": ["m"], "gateway_replicas": 2})
+    first, second = (gateway_options(two)["ray_actor_options"]["runtime_env"]["env_vars"]
+                     [shared.DIR_ENV] for _ in range(2))
+    assert first != second
 
 
 def test_pools_fill_on_prem_first_then_cloud_by_price() -> None:

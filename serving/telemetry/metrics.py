@@ -1,8 +1,16 @@
-"""Every Prometheus metric the gateway exports, declared once with fixed label sets."""
+"""Every Prometheus metric the gateway exports, declared once with fixed label sets.
+
+Several gateway replicas on one node share its port, so a scrape reaches any one of them.
+When :data:`serving.telemetry.shared.DIR_ENV` names a directory (set for the replicas of a
+gateway with ``gateway_replicas`` > 1), each replica keeps its values in files there and
+every scrape reports them all (:mod:`serving.telemetry.shared`): counters and histograms
+summed, each gauge by its ``multiprocess_mode``.
+"""
 
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +21,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client import generate_latest as _generate
 
 from serving.errors import ServingError
+from serving.telemetry import shared
+
+# Values are written to the directory from the first metric on: it must exist before them.
+if os.environ.get(shared.DIR_ENV):
+    shared.prepare(os.environ[shared.DIR_ENV])
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 UNKNOWN_MODEL = "<unknown>"  # label for requests naming no configured model (bounded cardinality)
@@ -52,6 +65,7 @@ QUEUE_DEPTH = Gauge(
     "serving_queue_depth",
     "Requests waiting in a gateway replica's batch queue.",
     ["model"],
+    multiprocess_mode="livesum",
     registry=REGISTRY,
 )
 QUEUE_WAIT = Histogram(
@@ -65,6 +79,7 @@ EVENT_LOOP_LAG = Gauge(
     "serving_event_loop_lag_seconds",
     "Largest lag of the gateway replica's event loop since the last scrape: how long a "
     "request can wait before the replica reads it (admission counts it).",
+    multiprocess_mode="livemax",
     registry=REGISTRY,
 )
 REJECTIONS = Counter(
@@ -131,18 +146,21 @@ POOL_INFO = Gauge(
     "serving_pool_info",
     "1 for each pool, labelled with what it is (emulated pools say so).",
     ["pool", "location", "device", "runtime", "emulated"],
+    multiprocess_mode="livemax",
     registry=REGISTRY,
 )
 POOL_IN_FLIGHT = Gauge(
     "serving_pool_batches_in_flight",
     "Batches a gateway replica has sent to a (model, pool) and not had back.",
     ["pool", "model"],
+    multiprocess_mode="livesum",
     registry=REGISTRY,
 )
 POOL_READY = Gauge(
     "serving_pool_ready",
     "1 while a (model, pool) is routed to (its replicas answer), else 0.",
     ["pool", "model"],
+    multiprocess_mode="livemin",
     registry=REGISTRY,
 )
 POOL_NOT_READY = Counter(
@@ -156,6 +174,7 @@ POOL_REPLICAS = Gauge(
     "Replicas of each (model, pool): running (as Ray Serve reports them) and target (the "
     "pool autoscaler's latest decision).",
     ["pool", "model", "state"],
+    multiprocess_mode="livemax",
     registry=REGISTRY,
 )
 POOL_COLD_START = Gauge(
@@ -163,6 +182,7 @@ POOL_COLD_START = Gauge(
     "Median measured time from a scale-up decision to the new replica running (the "
     "configured cold_start_s until one is measured).",
     ["pool", "model"],
+    multiprocess_mode="livemax",
     registry=REGISTRY,
 )
 LATENCY_MODEL = Gauge(
@@ -170,6 +190,7 @@ LATENCY_MODEL = Gauge(
     "Fitted execution-time model t(b) = intercept + slope*b, per-call overhead, and the "
     "running mean absolute prediction error.",
     ["model", "pool", "parameter"],
+    multiprocess_mode="livemax",
     registry=REGISTRY,
 )
 
@@ -219,5 +240,8 @@ def track_request(model: str, protocol: str) -> Iterator[None]:
 
 
 def exposition() -> tuple[bytes, str]:
-    """The text exposition of every metric, and its content type."""
-    return _generate(REGISTRY), CONTENT_TYPE_LATEST
+    """The text exposition of every metric (of every replica sharing the directory, if
+    one is set), and its content type."""
+    directory = os.environ.get(shared.DIR_ENV)
+    registry = shared.registry(directory) if directory else REGISTRY
+    return _generate(registry), CONTENT_TYPE_LATEST

@@ -175,3 +175,49 @@ def test_worker_transport_handle_sends_every_batch_through_ray_serve(
         assert worker_calls(url, "digits") == {"direct": 0.0, "handle": 3.0}
     finally:
         serve.delete("via-handle")
+
+
+def test_two_gateway_replicas_share_the_port_and_report_their_metrics_as_one(
+    gateway_url: str, model_repository: Path
+) -> None:
+    """Both replicas serve one port; a scrape lands on either and must count every request.
+    Each request and scrape comes on a fresh connection, which the kernel gives to either
+    replica: without shared metrics a scrape would count about half (all 24 requests on
+    one replica has odds of 2 in 2**24)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+    from ray import serve
+
+    from .conftest import run_app, wait_ready
+
+    url = run_app("two-gateways", {"model_repository": str(model_repository),
+                                   "models": ["digits"], "gateway_replicas": 2,
+                                   "pools": {"onprem-cpu": {"num_cpus_per_replica": 0}}})
+    try:
+        deadline = time.monotonic() + 120
+        while serve.status().applications["two-gateways"].deployments[
+                "Gateway"].replica_states.get("RUNNING", 0) < 2:
+            assert time.monotonic() < deadline, "the two gateway replicas never ran"
+            time.sleep(0.5)
+        wait_ready(url, 120)
+        x = np.random.default_rng(5).random((1, 64), dtype=np.float32)
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                            "data": x.ravel().tolist()}]}
+        for _ in range(24):
+            # A replica may still be connecting to the worker (503, model not ready).
+            answer = httpx.post(f"http://{url}/v2/models/digits/infer", json=body, timeout=30)
+            while answer.status_code == 503 and time.monotonic() < deadline:
+                time.sleep(0.2)
+                answer = httpx.post(f"http://{url}/v2/models/digits/infer", json=body,
+                                    timeout=30)
+            assert answer.status_code == 200, answer.text
+        for _ in range(6):
+            text = httpx.get(f"http://{url}/metrics").text
+            counted = sum(s.value for family in text_string_to_metric_families(text)
+                          for s in family.samples
+                          if s.name == "serving_requests_total"
+                          and s.labels == {"model": "digits", "protocol": "http",
+                                           "outcome": "ok"})
+            assert counted == 24
+    finally:
+        serve.delete("two-gateways")
