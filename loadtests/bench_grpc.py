@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import statistics
 import sys
@@ -52,16 +53,24 @@ def http_call(url: str, headers: dict[str, str] | None) -> tuple[Call, Callable[
     return call, client.close
 
 
-def grpc_call(url: str, headers: dict[str, str] | None) -> tuple[Call, Callable[[], Awaitable]]:
-    client = grpcclient.InferenceServerClient(url)
+def grpc_call(url: str, headers: dict[str, str] | None,
+              channels: int = 1) -> tuple[Call, Callable[[], Awaitable]]:
+    """Calls over ``channels`` clients in turn (each its own HTTP/2 connection: one
+    connection reaches one gateway replica)."""
+    clients = [grpcclient.InferenceServerClient(url) for _ in range(channels)]
+    turn = itertools.cycle(clients)
     item = grpcclient.InferInput("input", [1, 64], "FP32")
     item.set_data_from_numpy(X)
     outputs = [grpcclient.InferRequestedOutput("label")]
 
     async def call() -> object:
-        return await client.infer("digits", [item], outputs=outputs, headers=headers)
+        return await next(turn).infer("digits", [item], outputs=outputs, headers=headers)
 
-    return call, client.close
+    async def close() -> None:
+        for client in clients:
+            await client.close()
+
+    return call, close
 
 
 async def closed_loop(make: Callable[[], tuple[Call, Callable]], users: int,

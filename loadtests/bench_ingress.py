@@ -11,11 +11,12 @@ Modes, each started with ``serving run`` on free 127.0.0.1 ports (digits only):
 - ``default``: this checkout behind Ray Serve's default Python proxy (``--default-proxy``).
 
 Per mode and concurrency: locust (HTTP, ``FastHttpUser``) and tritonclient's asyncio gRPC
-client send one-row requests back to back in the ``batch`` class. CPU seconds are read per
-process around each run (gateway replica, worker replicas, proxies, the rest of Ray, the
-load generator) and divided by the requests answered. Prints a markdown table of medians
-across repeats and writes JSON to ``loadtests/results/``. Bounded in time; servers stop by
-their PID.
+client send one-row requests back to back in the ``batch`` class, each user on a connection
+of its own (as separate clients would be; one connection reaches one gateway replica). CPU
+seconds are read per process around each run (gateway replicas, worker replicas, proxies,
+the rest of Ray, the load generator) and divided by the requests answered. Prints a
+markdown table of medians across repeats and writes JSON to ``loadtests/results/``. Bounded
+in time; servers stop by their PID.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def bench_mode(mode: str, root: Path, workdir: Path, args: argparse.Namespace) -
         for users in args.concurrency:
             http = measured(server, lambda u=users: run_locust(port, u, args.seconds, workdir))
             grpc = measured(server, lambda u=users: asyncio.run(closed_loop(
-                lambda: grpc_call(f"127.0.0.1:{grpc_port}", HEADERS), u, args.seconds)))
+                lambda: grpc_call(f"127.0.0.1:{grpc_port}", HEADERS, channels=u), u,
+                args.seconds)))
             for protocol, result in (("http", http), ("grpc", grpc)):
                 runs.append({"mode": mode, "users": users, "protocol": protocol, **result})
                 print(f"{mode:7s} {protocol:4s} c={users:<3d} "
