@@ -6,6 +6,7 @@ encode the :class:`InferResult`; validation against the model repository happens
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -44,6 +45,7 @@ from serving.types import (
 
 logger = logging.getLogger(__name__)
 EXTENSIONS = ["binary_tensor_data", "statistics"]
+READY_POLL_S = 0.1  # readiness changes at each refresh of the pools (once a second)
 # What an early refusal judges: a request of one row, the fewest any request can have.
 _ONE_ROW = WorkItem("early-check", {})
 
@@ -124,6 +126,16 @@ class DataPlane:
             if not ready:
                 reasons[name] = reason
         return not reasons, reasons
+
+    async def until_ready(self, timeout_s: float) -> bool:
+        """Wait until every model is ready (:meth:`ready`), at most ``timeout_s``; return
+        whether they are."""
+        deadline = time.monotonic() + timeout_s
+        while not (await self.ready())[0]:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(READY_POLL_S)
+        return True
 
     def server_metadata(self) -> ServerMetadata:
         return ServerMetadata(name="serving", version=__version__, extensions=EXTENSIONS)

@@ -48,6 +48,7 @@ from serving.worker import Result, Worker
 from serving.workers import RayWorkers, link_key, publish_link, unpublish_link
 
 logger = logging.getLogger(__name__)
+READY_WAIT_S = 10.0  # longest a gateway replica waits for its models before serving
 
 
 def make_runtime(spec: ModelSpec, pool: PoolConfig) -> Runtime:
@@ -148,6 +149,12 @@ class Gateway:
         self.rest = RestAdapter(self.dataplane, max_request_bytes=config.max_request_bytes)
         self.grpc = GrpcAdapter(self.dataplane, max_request_bytes=config.max_request_bytes)
         self.ingress: Ingress | None = None
+        # Take no traffic before the pools are known: beside a replica already serving on
+        # the same port, a fresh one would answer "not ready" for its first seconds. Bounded,
+        # as a model may be down for good or its pools scaled to zero.
+        if not await self.dataplane.until_ready(READY_WAIT_S):
+            logger.warning("gateway replica serving with models not ready after %.0f s: %s",
+                           READY_WAIT_S, (await self.dataplane.ready())[1])
         listen = await compat.own_ingress(SERVICER_FUNCTION)
         if listen is not None:
             listen = Listen(

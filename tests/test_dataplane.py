@@ -1,0 +1,62 @@
+"""DataPlane.until_ready: what a gateway replica waits for before it takes traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from serving.config import parse_gateway_config
+from serving.dataplane import DataPlane
+from serving.repository import load_repository
+
+from .protocol.conftest import InProcessWorkers
+
+
+@pytest.fixture
+def workers(model_repository: Path) -> InProcessWorkers:
+    config = parse_gateway_config({"models": ["digits"], "model_repository": model_repository})
+    return InProcessWorkers(load_repository(config))
+
+
+def dataplane(model_repository: Path, workers: InProcessWorkers) -> DataPlane:
+    config = parse_gateway_config({"models": ["digits"], "model_repository": model_repository})
+    return DataPlane(config, load_repository(config), workers)
+
+
+def test_until_ready_returns_once_the_pools_answer(model_repository: Path,
+                                                   workers: InProcessWorkers) -> None:
+    workers.is_ready = False
+
+    async def scenario() -> tuple[bool, bool]:
+        plane = dataplane(model_repository, workers)
+        plane.start()
+        try:
+            waiting = asyncio.create_task(plane.until_ready(30))
+            await plane.fleet.settled()
+            before = waiting.done()  # the first refresh found the pool not ready
+            workers.is_ready = True
+            return before, await waiting  # the next refresh (a second later) finds it
+        finally:
+            await plane.stop()
+
+    assert asyncio.run(scenario()) == (False, True)
+
+
+def test_until_ready_gives_up_after_its_timeout(model_repository: Path,
+                                                workers: InProcessWorkers) -> None:
+    workers.is_ready = False
+
+    async def scenario() -> tuple[bool, float]:
+        plane = dataplane(model_repository, workers)
+        plane.start()
+        try:
+            start = time.monotonic()
+            return await plane.until_ready(0.3), time.monotonic() - start
+        finally:
+            await plane.stop()
+
+    ready, took = asyncio.run(scenario())
+    assert not ready and 0.3 <= took < 5
