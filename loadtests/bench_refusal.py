@@ -86,7 +86,7 @@ async def measure(mode: str, rate: float, seconds: float) -> tuple[float, dict[i
         priority = dataplane.slo.ticket(specs["digits"], {}, header_class="realtime",
                                         now=time.monotonic()).priority
         dataplane.shedder.shares[priority] = 1.0
-        dataplane.shedder.fall_per_s = dataplane.shedder.slow_fall_per_s = 1e-9
+        dataplane.shedder.fall_per_s = 1e-9
     context = multiprocessing.get_context("spawn")
     done = context.Queue()
     url = f"http://127.0.0.1:{ingress.http.port}/v2/models/digits/infer"
