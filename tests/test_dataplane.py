@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -21,9 +23,16 @@ def workers(model_repository: Path) -> InProcessWorkers:
     return InProcessWorkers(load_repository(config))
 
 
-def dataplane(model_repository: Path, workers: InProcessWorkers) -> DataPlane:
+@asynccontextmanager
+async def started(model_repository: Path, workers: InProcessWorkers) -> AsyncIterator[DataPlane]:
+    """A data plane over ``workers``, refreshing its pools, stopped afterwards."""
     config = parse_gateway_config({"models": ["digits"], "model_repository": model_repository})
-    return DataPlane(config, load_repository(config), workers)
+    plane = DataPlane(config, load_repository(config), workers)
+    plane.start()
+    try:
+        yield plane
+    finally:
+        await plane.stop()
 
 
 def test_until_ready_returns_once_the_pools_answer(model_repository: Path,
@@ -31,16 +40,12 @@ def test_until_ready_returns_once_the_pools_answer(model_repository: Path,
     workers.is_ready = False
 
     async def scenario() -> tuple[bool, bool]:
-        plane = dataplane(model_repository, workers)
-        plane.start()
-        try:
+        async with started(model_repository, workers) as plane:
             waiting = asyncio.create_task(plane.until_ready(30))
             await plane.fleet.settled()
             before = waiting.done()  # the first refresh found the pool not ready
             workers.is_ready = True
             return before, await waiting  # the next refresh (a second later) finds it
-        finally:
-            await plane.stop()
 
     assert asyncio.run(scenario()) == (False, True)
 
@@ -50,13 +55,9 @@ def test_until_ready_gives_up_after_its_timeout(model_repository: Path,
     workers.is_ready = False
 
     async def scenario() -> tuple[bool, float]:
-        plane = dataplane(model_repository, workers)
-        plane.start()
-        try:
+        async with started(model_repository, workers) as plane:
             start = time.monotonic()
             return await plane.until_ready(0.3), time.monotonic() - start
-        finally:
-            await plane.stop()
 
     ready, took = asyncio.run(scenario())
     assert not ready and 0.3 <= took < 5
