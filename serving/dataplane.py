@@ -127,15 +127,15 @@ class DataPlane:
                 reasons[name] = reason
         return not reasons, reasons
 
-    async def until_ready(self, timeout_s: float) -> bool:
+    async def until_ready(self, timeout_s: float) -> dict[str, str]:
         """Wait until every model is ready (:meth:`ready`), at most ``timeout_s``; return
-        whether they are."""
+        why each model still not ready is not (empty: all are)."""
         deadline = time.monotonic() + timeout_s
-        while not (await self.ready())[0]:
-            if time.monotonic() >= deadline:
-                return False
+        while True:
+            ready, reasons = await self.ready()
+            if ready or time.monotonic() >= deadline:
+                return reasons
             await asyncio.sleep(READY_POLL_S)
-        return True
 
     def server_metadata(self) -> ServerMetadata:
         return ServerMetadata(name="serving", version=__version__, extensions=EXTENSIONS)

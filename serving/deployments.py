@@ -152,9 +152,10 @@ class Gateway:
         # Take no traffic before the pools are known: beside a replica already serving on
         # the same port, a fresh one would answer "not ready" for its first seconds. Bounded,
         # as a model may be down for good or its pools scaled to zero.
-        if not await self.dataplane.until_ready(READY_WAIT_S):
+        not_ready = await self.dataplane.until_ready(READY_WAIT_S)
+        if not_ready:
             logger.warning("gateway replica serving with models not ready after %.0f s: %s",
-                           READY_WAIT_S, (await self.dataplane.ready())[1])
+                           READY_WAIT_S, not_ready)
         listen = await compat.own_ingress(SERVICER_FUNCTION)
         if listen is not None:
             listen = Listen(
