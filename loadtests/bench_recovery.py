@@ -53,27 +53,34 @@ def schedule(phases: list[tuple[float, float]], seed: int = 0) -> list[float]:
     return times
 
 
-def offer(url: str, times: list[float]) -> list[tuple[float, int, float]]:
-    """(scheduled time, status, latency) of every request; status 0: no answer in 5 s."""
+def offer(url: str, times: list[float]) -> list[loadgen.Answer]:
+    """Every request's answer; status 0: no answer in 5 s."""
     data, headers = body()
-    answers = loadgen.offer(url, data, headers, times, timeout_s=5.0)
-    return [(a.at, a.status, a.latency_s) for a in answers]
+    return loadgen.offer(url, data, headers, times, timeout_s=5.0)
 
 
-def windows(rows: list[tuple[float, int, float]], slo_s: float) -> list[dict]:
-    found: dict[int, list[tuple[int, float]]] = {}
-    for at, status, latency in rows:
-        found.setdefault(int(at / WINDOW_S), []).append((status, latency))
+def p99(values: list[float]) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * 0.99))]
+
+
+def windows(rows: list[loadgen.Answer], slo_s: float) -> list[dict]:
+    """Per half second of scheduled sends: the offered rate, p99 of all answers, the shares
+    good and refused, and p99 of the client's own lag (a late client is not a late server)."""
+    found: dict[int, list[loadgen.Answer]] = {}
+    for answer in rows:
+        found.setdefault(int(answer.at / WINDOW_S), []).append(answer)
     table = []
     for index in sorted(found):
         answers = found[index]
-        latencies = sorted(latency if status else 5.0 for status, latency in answers)
         table.append({
             "t": index * WINDOW_S,
             "offered_rps": len(answers) / WINDOW_S,
-            "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3,
-            "good": sum(1 for s, lat in answers if s == 200 and lat <= slo_s) / len(answers),
-            "refused": sum(1 for s, _ in answers if s == 503) / len(answers),
+            "p99_ms": p99([a.latency_s if a.status else 5.0 for a in answers]) * 1e3,
+            "good": sum(a.status == 200 and a.latency_s <= slo_s for a in answers)
+            / len(answers),
+            "refused": sum(a.status == 503 for a in answers) / len(answers),
+            "client_lag_p99_ms": p99([a.lag_s for a in answers]) * 1e3,
         })
     return table
 
@@ -98,7 +105,8 @@ def measure(name: str, server: Server, args: argparse.Namespace) -> dict:
           f"({len(rows)} requests)", flush=True)
     for w in table:
         print(f"  {name} t={w['t']:5.1f} s  offered {w['offered_rps']:6.0f}/s  "
-              f"p99 {w['p99_ms']:7.1f} ms  good {w['good']:.3f}  refused {w['refused']:.3f}",
+              f"p99 {w['p99_ms']:7.1f} ms  good {w['good']:.3f}  refused {w['refused']:.3f}  "
+              f"client lag p99 {w['client_lag_p99_ms']:5.1f} ms",
               flush=True)
     return {"recovery_s": took, "windows": table}
 
