@@ -5,8 +5,9 @@ replica; clients are real."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,7 @@ class Served:
     http: str  # host:port
     grpc: str
     workers: GatedWorkers
+    dataplane: DataPlane
     ingress: Ingress
     loop: asyncio.AbstractEventLoop
 
@@ -88,7 +90,7 @@ def serve(model_repository: Path, *, max_in_flight: int = 64, max_connections: i
     dataplane, ingress = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
     assert ingress.grpc is not None
     served = Served(f"127.0.0.1:{ingress.http.port}", f"127.0.0.1:{ingress.grpc.port}",
-                    workers, ingress, loop)
+                    workers, dataplane, ingress, loop)
     try:
         yield served
     finally:
@@ -111,6 +113,28 @@ def ingress_refusals(protocol: str, reason: str) -> float:
     value = metrics.REGISTRY.get_sample_value(
         "serving_ingress_refusals_total", {"protocol": protocol, "reason": reason})
     return value or 0.0
+
+
+def shed_all(served: Served, slo_class: str) -> None:
+    """The shedder refuses every arrival of ``slo_class`` from now on (no overload needed:
+    with nothing answered in time it never lets shares fall)."""
+    priority = served.dataplane.config.slo_classes[slo_class].priority
+
+    async def shed() -> None:
+        served.dataplane.shedder.shares[priority] = 1.0
+
+    served.on_loop(shed())
+
+
+def cycles_made_by(action: Callable[[], None]) -> int:
+    """How many objects ``action`` left in reference cycles (the cyclic GC off meanwhile)."""
+    gc.collect()
+    gc.disable()
+    try:
+        action()
+        return gc.collect()
+    finally:
+        gc.enable()
 
 
 @pytest.fixture

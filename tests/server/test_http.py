@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 import threading
 import time
@@ -15,7 +16,7 @@ import psutil
 
 from serving.server.sockets import listen
 
-from .conftest import Served, ingress_refusals, serve
+from .conftest import Served, cycles_made_by, ingress_refusals, serve, shed_all
 
 
 def digits(rows: int = 1) -> np.ndarray:
@@ -32,20 +33,29 @@ def headers_only(address: str, path: str, headers: dict[str, str], length: int) 
     server answers within 2 s (nothing if it waits for the body)."""
     host, port = address.split(":")
     with socket.create_connection((host, int(port)), timeout=2) as sock:
-        head = [f"POST {path} HTTP/1.1", f"Host: {address}", f"Content-Length: {length}",
-                "Content-Type: application/json", *(f"{k}: {v}" for k, v in headers.items())]
-        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
-        answer = b""
-        try:
-            while True:  # until the whole answer is in (or the server waits for the body)
-                answer += sock.recv(65536)
-                top, _, body = answer.partition(b"\r\n\r\n")
-                lengths = [int(line.split(b":")[1]) for line in top.lower().splitlines()
-                           if line.startswith(b"content-length:")]
-                if lengths and len(body) >= lengths[0]:
-                    return answer
-        except TimeoutError:
-            return answer
+        sock.sendall(post_head(address, path, headers, length))
+        return read_answer(sock)
+
+
+def post_head(address: str, path: str, headers: dict[str, str], length: int) -> bytes:
+    head = [f"POST {path} HTTP/1.1", f"Host: {address}", f"Content-Length: {length}",
+            "Content-Type: application/json", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(head) + "\r\n\r\n").encode()
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """One whole answer with a Content-Length, or what came before the socket's timeout."""
+    answer = b""
+    try:
+        while True:
+            answer += sock.recv(65536)
+            top, _, body = answer.partition(b"\r\n\r\n")
+            lengths = [int(line.split(b":")[1]) for line in top.lower().splitlines()
+                       if line.startswith(b"content-length:")]
+            if lengths and len(body) >= lengths[0]:
+                return answer
+    except TimeoutError:
+        return answer
 
 
 def hold_one_request(served: Served, target: str, **headers: str) -> threading.Thread:
@@ -151,6 +161,27 @@ def test_a_refused_connection_stays_usable(served: Served) -> None:
             held.join(10)
         assert refused.status_code == 503
         assert client.post(target, json=infer_body(digits())).status_code == 200
+
+
+def test_refusals_leave_no_garbage_for_the_cyclic_gc(served: Served) -> None:
+    """Regression: each early 503 kept its exception's traceback, a cycle through the
+    server's frames (19 objects a refusal). At thousands of refusals a second the replica
+    then ran full collections of 8-30 ms on its event loop. (A raw socket: httpx makes
+    cycles of its own.)"""
+    shed_all(served, "realtime")
+    body = json.dumps(infer_body(digits())).encode()
+    request = post_head(served.http, "/v2/models/digits/infer", {"x-slo-class": "realtime"},
+                        len(body)) + body
+    host, port = served.http.split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        def refuse(count: int = 200) -> None:
+            for _ in range(count):
+                sock.sendall(request)
+                answer = read_answer(sock)
+                assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+
+        refuse(1)  # the connection is open
+        assert cycles_made_by(refuse) < 200
 
 
 def test_two_servers_side_by_side_and_replicas_sharing_a_port(model_repository: Path) -> None:
