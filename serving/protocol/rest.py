@@ -99,7 +99,9 @@ class RestAdapter:
             try:
                 return await handler(request, **match.groupdict())
             except ServingError as error:
-                return error_response(error)
+                # Its traceback's frames hold what raised it (a queue entry's future holds
+                # the error itself): a cycle for the GC unless cut here.
+                return error_response(error.with_traceback(None))
             except Exception:
                 logger.exception("unexpected error on %s %s", method, path)
                 return json_response({"error": f"internal error handling {method} {path}"}, 500)
@@ -133,7 +135,7 @@ class RestAdapter:
             metrics.observe_request(self.dataplane.model_label(match["model"]), "http",
                                     error.status, time.monotonic() - arrival)
             # Kept past this frame, its traceback would make a cycle through the server's
-            # frames: garbage for the cyclic GC at thousands of refusals per second.
+            # frames: garbage for the cyclic GC at thousands of refusals a second.
             return error.with_traceback(None)
         return None
 

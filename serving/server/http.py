@@ -151,6 +151,7 @@ class HttpProtocol(asyncio.Protocol):
         self.server.connections.discard(self)
         if self.idle is not None:
             self.idle.cancel()
+            self.idle = None
         # Parsed (or half-parsed) but never answered: give their places under the cap back.
         unanswered = [*self.ready, *([self.current] if self.current else [])]
         for pending in unanswered:
@@ -159,6 +160,9 @@ class HttpProtocol(asyncio.Protocol):
         self.ready.clear()
         self.current = None
         self.transport = None  # an answer still being computed is not written
+        # The parser calls back into this protocol, a cycle: dropped (no data comes after
+        # connection_lost), a closed connection is freed at once, not by the cyclic GC.
+        self.parser = None  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         try:

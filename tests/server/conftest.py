@@ -16,6 +16,7 @@ import uvloop
 
 from serving.config import parse_gateway_config
 from serving.dataplane import DataPlane
+from serving.errors import BackendError
 from serving.protocol.grpc import GrpcAdapter
 from serving.protocol.rest import RestAdapter
 from serving.repository import load_repository
@@ -32,16 +33,20 @@ SLOW_BATCH_S = 0.2
 
 class GatedWorkers(InProcessWorkers):
     """Real workers whose calls wait for ``gate`` (set by default): a test holds batches
-    in flight by clearing it. Their profile says a batch takes :data:`SLOW_BATCH_S`."""
+    in flight by clearing it, or fails them with ``failing``. Their profile says a batch
+    takes :data:`SLOW_BATCH_S`."""
 
     def __init__(self, specs) -> None:
         super().__init__(specs)
         self.gate = threading.Event()
         self.gate.set()
         self.calls = 0
+        self.failing = False  # True: every call fails as a broken worker's would
 
     async def infer(self, model, pool, items):
         self.calls += 1
+        if self.failing:
+            raise BackendError("worker failed (the test said so)")
         while not self.gate.is_set():
             await asyncio.sleep(0.005)
         return await super().infer(model, pool, items)

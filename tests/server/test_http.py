@@ -163,25 +163,67 @@ def test_a_refused_connection_stays_usable(served: Served) -> None:
         assert client.post(target, json=infer_body(digits())).status_code == 200
 
 
-def test_refusals_leave_no_garbage_for_the_cyclic_gc(served: Served) -> None:
-    """Regression: each early 503 kept its exception's traceback, a cycle through the
-    server's frames (19 objects a refusal). At thousands of refusals a second the replica
-    then ran full collections of 8-30 ms on its event loop. (A raw socket: httpx makes
-    cycles of its own.)"""
-    shed_all(served, "realtime")
+def infer_request(address: str, headers: dict[str, str] | None = None) -> bytes:
+    """A whole one-row infer request, head and body."""
     body = json.dumps(infer_body(digits())).encode()
-    request = post_head(served.http, "/v2/models/digits/infer", {"x-slo-class": "realtime"},
-                        len(body)) + body
-    host, port = served.http.split(":")
-    with socket.create_connection((host, int(port)), timeout=5) as sock:
-        def refuse(count: int = 200) -> None:
-            for _ in range(count):
-                sock.sendall(request)
-                answer = read_answer(sock)
-                assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+    return post_head(address, "/v2/models/digits/infer", headers or {}, len(body)) + body
 
-        refuse(1)  # the connection is open
-        assert cycles_made_by(refuse) < 200
+
+def answers_on_one_connection(served: Served, request: bytes, status: bytes
+                              ) -> Callable[[int], None]:
+    """``send(count)``: ``request`` ``count`` times on one kept-alive connection, each
+    answered ``status``."""
+    host, port = served.http.split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5)
+
+    def send(count: int = 200) -> None:
+        for _ in range(count):
+            sock.sendall(request)
+            answer = read_answer(sock)
+            assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
+
+    return send
+
+
+# Regression tests: each of these made cycles that only the cyclic GC frees (its full
+# collections then took 8-30 ms of the replica's event loop under a flood).
+def test_refusals_leave_no_garbage_for_the_cyclic_gc(served: Served) -> None:
+    """An early 503 kept its exception's traceback: a cycle through the server's frames,
+    20 objects a refusal. (Raw sockets here: httpx makes cycles of its own.)"""
+    shed_all(served, "realtime")
+    send = answers_on_one_connection(
+        served, infer_request(served.http, {"x-slo-class": "realtime"}), b"503")
+    send(1)  # the connection is open
+    assert cycles_made_by(send) < 200
+
+
+def test_failed_requests_leave_no_garbage_for_the_cyclic_gc(served: Served) -> None:
+    """An error raised through a queue entry's future: the future held the error, whose
+    traceback held the frames that held the future."""
+    send = answers_on_one_connection(served, infer_request(served.http), b"500")
+    served.workers.failing = True
+    send(1)
+    assert cycles_made_by(send) < 200
+
+
+def test_closed_connections_leave_no_garbage_for_the_cyclic_gc(served: Served) -> None:
+    """A connection's parser and keep-alive timer call back into its protocol: a cycle
+    left behind by every closed connection."""
+    request, (host, port) = infer_request(served.http), served.http.split(":")
+    connections = served.ingress.http.connections
+
+    def connect(count: int = 100) -> None:
+        for _ in range(count):
+            with socket.create_connection((host, int(port)), timeout=5) as sock:
+                sock.sendall(request)
+                assert read_answer(sock).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 5
+        while connections and time.monotonic() < deadline:  # the server saw them close
+            time.sleep(0.01)
+        assert not connections
+
+    connect(1)
+    assert cycles_made_by(connect) < 100
 
 
 def test_two_servers_side_by_side_and_replicas_sharing_a_port(model_repository: Path) -> None:
