@@ -46,6 +46,7 @@ from serving.types import (
 logger = logging.getLogger(__name__)
 EXTENSIONS = ["binary_tensor_data", "statistics"]
 READY_POLL_S = 0.1  # readiness changes at each refresh of the pools (once a second)
+LAG_REPORT_S = 1.0  # how often the event loop's worst lag goes to its gauge
 # What an early refusal judges: a request of one row, the fewest any request can have.
 _ONE_ROW = WorkItem("early-check", {})
 
@@ -62,7 +63,8 @@ class DataPlane:
     """
 
     def __init__(
-        self, config: GatewayConfig, specs: dict[str, ModelSpec], workers: Workers
+        self, config: GatewayConfig, specs: dict[str, ModelSpec], workers: Workers, *,
+        lag_report_s: float = LAG_REPORT_S,
     ) -> None:
         self.config = config
         self.specs = specs
@@ -70,6 +72,8 @@ class DataPlane:
         self.fleet = Fleet(config, specs, workers)
         self.stats = {name: ModelStats(name, spec.version) for name, spec in specs.items()}
         self.loop_lag = LoopLag()
+        self.lag_report_s = lag_report_s
+        self._lag_report: asyncio.TimerHandle | None = None
         self.shedder = Shedder(lag=lambda: self.loop_lag.delay_s)
         self.demand = DemandMeter(
             self.fleet.states,
@@ -94,10 +98,21 @@ class DataPlane:
     def start(self) -> None:
         self.fleet.start()
         self.loop_lag.start()
+        self._report_lag()
 
     async def stop(self) -> None:
+        if self._lag_report is not None:
+            self._lag_report.cancel()
+            self._lag_report = None
         self.loop_lag.stop()
         await self.fleet.stop()
+
+    def _report_lag(self) -> None:
+        # On a timer, not at each scrape: with several replicas a scrape reaches one, and
+        # the others' values would date from their own last scrape.
+        metrics.EVENT_LOOP_LAG.set(self.loop_lag.worst())
+        self._lag_report = asyncio.get_running_loop().call_later(
+            self.lag_report_s, self._report_lag)
 
     def arrival(self) -> float:
         """When a request the servers are reading now most likely reached this replica:
@@ -114,7 +129,6 @@ class DataPlane:
     def metrics(self) -> tuple[bytes, str]:
         """The Prometheus exposition, with the cost counters brought up to now."""
         self.fleet.accrue()
-        metrics.EVENT_LOOP_LAG.set(self.loop_lag.worst())
         return metrics.exposition()
 
     async def ready(self) -> tuple[bool, dict[str, str]]:

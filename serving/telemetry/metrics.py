@@ -77,7 +77,7 @@ QUEUE_WAIT = Histogram(
 )
 EVENT_LOOP_LAG = Gauge(
     "serving_event_loop_lag_seconds",
-    "Largest lag of the gateway replica's event loop since the last scrape: how long a "
+    "Largest lag of the gateway replica's event loop in the last second: how long a "
     "request can wait before the replica reads it (admission counts it).",
     multiprocess_mode="livemax",
     registry=REGISTRY,
