@@ -91,10 +91,11 @@ PEERS = ("gateway before", "gateway via handle", "gateway x1", "serve.batch defa
 
 
 def systems(
-    workdir: Path, peers: list[str], before: Path | None = None
+    workdir: Path, peers: list[str], before: Path | None = None, before_own: bool = False
 ) -> dict[str, Server | TritonSystem]:
     """The gateway first (its capacity sets the bursty rate), then the chosen peers;
-    ``before``: a checkout of the gateway as it was (``--before``), run as a peer."""
+    ``before``: a checkout of the gateway as it was (``--before``), run as a peer, with
+    Ray Serve's proxy as its ingress unless ``before_own`` (a revision that serves itself)."""
 
     def baseline(name: str, **knobs) -> Server:
         args = {"model_path": str(MODEL), "intra_op_num_threads": 1, **knobs}
@@ -120,8 +121,10 @@ def systems(
             "gateway-x1", gateway_config(free_port(), ["digits"], gateway_replicas=1), workdir
         ),
         "serve.batch default": baseline("serve-batch-default"),
-        **({"gateway before": Server("gateway-before", before_config(), workdir, root=before)}
-           if before is not None else {}),
+        **({"gateway before": Server(
+            "gateway-before",
+            gateway_config(free_port(), ["digits"]) if before_own else before_config(),
+            workdir, root=before)} if before is not None else {}),
         "serve.batch tuned": baseline(
             "serve-batch-tuned", max_batch_size=64, batch_wait_timeout_s=0.002
         ),
@@ -205,6 +208,8 @@ def main() -> int:
     )
     parser.add_argument("--before", default=BEFORE,
                         help="git revision of the 'gateway before' peer")
+    parser.add_argument("--before-own-ingress", action="store_true",
+                        help="the 'gateway before' revision serves HTTP itself (issue 12 on)")
     args = parser.parse_args()
     slo_s = args.slo_ms / 1e3
     results: dict[str, dict] = {"raw onnxruntime": {"limit": raw_limit()}}
@@ -214,7 +219,8 @@ def main() -> int:
             contextlib.ExitStack() as stack:
         before = (stack.enter_context(worktree(args.before))
                   if "gateway before" in args.peers else None)
-        for name, server in systems(Path(tmp), args.peers, before).items():
+        for name, server in systems(Path(tmp), args.peers, before,
+                                      args.before_own_ingress).items():
             print(f"{name}:", flush=True)
             with server as url:
                 points = sweep(url, args.rates, args.seconds, slo_s)
