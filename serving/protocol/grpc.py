@@ -270,7 +270,7 @@ class GrpcAdapter:
         try:
             return await handler(request, call), None
         except ServingError as error:
-            return empty(), error.with_traceback(None)  # no cycle through its frames (rest)
+            return empty(), error.with_traceback(None)  # no cycle: see RestAdapter.handle
         except Exception:
             logger.exception("unexpected error in gRPC %s", method)
             return empty(), BackendError(f"internal error handling {method}")
