@@ -38,15 +38,20 @@ def held_call(served: Served) -> threading.Thread:
     return thread
 
 
-def raw_infer(served: Served, metadata: tuple = ()) -> tuple[grpc.StatusCode, str, dict]:
-    """ModelInfer on a plain channel: the status, details and trailing metadata."""
+def raw_request() -> pb.ModelInferRequest:
+    """A one-row digits ModelInferRequest with raw contents."""
     request = pb.ModelInferRequest(model_name="digits")
     request.inputs.add(name="input", datatype="FP32", shape=[1, 64])
     request.raw_input_contents.append(np.zeros((1, 64), np.float32).tobytes())
+    return request
+
+
+def raw_infer(served: Served, metadata: tuple = ()) -> tuple[grpc.StatusCode, str, dict]:
+    """ModelInfer on a plain channel: the status, details and trailing metadata."""
     with grpc.insecure_channel(served.grpc) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         try:
-            stub.ModelInfer(request, metadata=metadata, timeout=5)
+            stub.ModelInfer(raw_request(), metadata=metadata, timeout=5)
         except grpc.RpcError as error:
             return error.code(), error.details(), dict(error.trailing_metadata() or ())
     return grpc.StatusCode.OK, "", {}
@@ -98,9 +103,7 @@ def test_failed_calls_leave_no_garbage_for_the_cyclic_gc(served: Served) -> None
     HTTP server's test of the same name). grpc-core's own server leaves 6 objects a call.
     The ``batch`` class: the collections here hold up the server's loop, which a realtime
     request would see as a reason to refuse it."""
-    request = pb.ModelInferRequest(model_name="digits")
-    request.inputs.add(name="input", datatype="FP32", shape=[1, 64])
-    request.raw_input_contents.append(np.zeros((1, 64), np.float32).tobytes())
+    request = raw_request()
     served.workers.failing = True
     with grpc.insecure_channel(served.grpc) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)

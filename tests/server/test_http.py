@@ -7,7 +7,8 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -169,20 +170,20 @@ def infer_request(address: str, headers: dict[str, str] | None = None) -> bytes:
     return post_head(address, "/v2/models/digits/infer", headers or {}, len(body)) + body
 
 
+@contextmanager
 def answers_on_one_connection(served: Served, request: bytes, status: bytes
-                              ) -> Callable[[int], None]:
-    """``send(count)``: ``request`` ``count`` times on one kept-alive connection, each
-    answered ``status``."""
+                              ) -> Iterator[Callable[[int], None]]:
+    """``send(count)``: ``request`` ``count`` times on one kept-alive connection (closed on
+    leaving), each answered ``status``."""
     host, port = served.http.split(":")
-    sock = socket.create_connection((host, int(port)), timeout=5)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        def send(count: int = 200) -> None:
+            for _ in range(count):
+                sock.sendall(request)
+                answer = read_answer(sock)
+                assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
 
-    def send(count: int = 200) -> None:
-        for _ in range(count):
-            sock.sendall(request)
-            answer = read_answer(sock)
-            assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
-
-    return send
+        yield send
 
 
 # Regression tests: each of these made cycles that only the cyclic GC frees (its full
@@ -191,10 +192,10 @@ def test_refusals_leave_no_garbage_for_the_cyclic_gc(served: Served) -> None:
     """An early 503 kept its exception's traceback: a cycle through the server's frames,
     20 objects a refusal. (Raw sockets here: httpx makes cycles of its own.)"""
     shed_all(served, "realtime")
-    send = answers_on_one_connection(
-        served, infer_request(served.http, {"x-slo-class": "realtime"}), b"503")
-    send(1)  # the connection is open
-    assert cycles_made_by(send) < 200
+    request = infer_request(served.http, {"x-slo-class": "realtime"})
+    with answers_on_one_connection(served, request, b"503") as send:
+        send(1)  # the connection is open
+        assert cycles_made_by(send) < 200
 
 
 def test_failed_requests_leave_no_garbage_for_the_cyclic_gc(served: Served) -> None:
@@ -203,10 +204,10 @@ def test_failed_requests_leave_no_garbage_for_the_cyclic_gc(served: Served) -> N
     # The batch class: this test's collections hold up the server's loop, which a tighter
     # class would take as a reason to refuse.
     request = infer_request(served.http, {"x-slo-class": "batch"})
-    send = answers_on_one_connection(served, request, b"500")
     served.workers.failing = True
-    send(1)
-    assert cycles_made_by(send) < 200
+    with answers_on_one_connection(served, request, b"500") as send:
+        send(1)
+        assert cycles_made_by(send) < 200
 
 
 def test_closed_connections_leave_no_garbage_for_the_cyclic_gc(served: Served) -> None:
