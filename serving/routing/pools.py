@@ -51,6 +51,12 @@ class PoolState:
         """Predicted seconds from sending a batch of ``rows`` to having its results."""
         return self.latency.overhead_s + self.latency.predict(rows)
 
+    def cost_terms(self) -> tuple[float, float, float]:
+        """``(overhead_s, intercept_s, slope_s)``, so that :meth:`cost` is
+        ``overhead_s + (intercept_s + slope_s · max(rows, 1))``: for loops that cost one
+        batch size after another without two calls each."""
+        return self.latency.overhead_s, self.latency.intercept_s, self.latency.slope_s
+
     def cap(self, max_rows: int) -> int:
         """The efficient batch size on this pool (beyond it, throughput gains under 10%)."""
         return self.latency.saturation_rows(max_rows)

@@ -207,3 +207,29 @@ def test_admission_counts_on_prem_only_requests_before_those_that_may_leave() ->
     for i in range(5):  # cloud-eligible requests ahead would fill on-prem past 45 ms...
         p.admit(entry(i, 45), 0.0)
     p.admit(entry(9, 45, onprem_only=True), 0.0)  # ...but they can go to the cloud
+
+
+def test_a_nearly_doomed_request_is_left_out_when_it_would_shrink_the_batch() -> None:
+    p = planner(pool())  # t(b) = 10 + b ms
+    # With the 15 ms request in it, a batch may hold 5 rows (15 ms): 333 rows/s. Without
+    # it, the 40 others fit in one batch (50 ms, 800 rows/s): worth more than 1.5x.
+    queue(p, entry(0, 15), *(entry(i, 100) for i in range(1, 41)))
+    plan = p.plan(0.0)
+    assert names(plan.batch) == list(range(1, 41))
+    assert names(p.queue) == [0]
+
+
+def test_under_a_backlog_that_fits_the_batch_takes_everyone_in_deadline_order() -> None:
+    p = planner(pool())
+    queue(p, entry(0, 60), *(entry(i, 100) for i in range(1, 41)))  # 41 rows: 51 ms
+    assert names(p.plan(0.0).batch) == list(range(41))
+
+
+@given(rows=st.integers(0, 512), intercept_ms=st.floats(0, 50), slope_ms=st.floats(0, 5),
+       overhead_ms=st.floats(0, 10))
+def test_cost_terms_give_the_pools_cost(rows, intercept_ms, slope_ms, overhead_ms) -> None:
+    state = pool()
+    state.latency.intercept_s, state.latency.slope_s = intercept_ms * MS, slope_ms * MS
+    state.latency.overhead_s = overhead_ms * MS
+    overhead, intercept, slope = state.cost_terms()
+    assert overhead + (intercept + slope * max(rows, 1)) == state.cost(rows)
