@@ -61,6 +61,8 @@ class Router:
     def ranked(self) -> list[PoolState]:
         """Available pools, best first: on-prem, then cheapest per row."""
         live = [p for p in self.pools if p.available]
+        if len(live) < 2:  # the common case; pricing a pool costs a fit (on every arrival)
+            return live
         return sorted(live, key=lambda p: (p.cloud, p.price_per_row(self.max_rows), p.name))
 
     def route(self, queue: list[Entry], now: float, probe: Entry | None = None) -> Route:
