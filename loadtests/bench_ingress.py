@@ -2,12 +2,14 @@
 closed-loop throughput over HTTP and gRPC, and CPU per request by process.
 
     python loadtests/bench_ingress.py [--seconds 15] [--concurrency 1 32] [--repeats 1]
-                                      [--before e53a3f0]
+                                      [--before e53a3f0] [--before-own-ingress]
 
 Modes, each started with ``serving run`` on free 127.0.0.1 ports (digits only):
 - ``own``: this checkout (the gateway replica's own HTTP and gRPC servers);
 - ``before``: ``--before`` (a git revision; default the last commit before the own ingress,
-  which ran Ray Serve's HAProxy + direct ingress) from a temporary git worktree;
+  which ran Ray Serve's HAProxy + direct ingress) from a temporary git worktree; with
+  ``--before-own-ingress``, a later revision with the same config as ``own`` (an A/B of
+  two builds of the own ingress);
 - ``default``: this checkout behind Ray Serve's default Python proxy (``--default-proxy``).
 
 Per mode and concurrency: locust (HTTP, ``FastHttpUser``) and tritonclient's asyncio gRPC
@@ -96,7 +98,8 @@ def measured(server: Server, run: Callable[[], dict[str, float]]) -> dict[str, f
 def bench_mode(mode: str, root: Path, workdir: Path, args: argparse.Namespace) -> list[dict]:
     port, grpc_port = free_port(), free_port()
     document = gateway_config(port, ["digits"], grpc_port)
-    if mode == "before":  # the config of its day: Ray Serve's proxy (HAProxy) was the ingress
+    if mode == "before" and not args.before_own_ingress:
+        # The config of its day: Ray Serve's proxy (HAProxy) was the ingress.
         document["proxy_location"] = "HeadOnly"
     runs = []
     server = Server(mode, document, workdir, default_proxy=mode == "default", root=root)
@@ -121,6 +124,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--before", default=BEFORE, help="git revision of the 'before' mode")
     parser.add_argument("--modes", nargs="+", default=["own", "before", "default"])
+    parser.add_argument("--before-own-ingress", action="store_true",
+                        help="the 'before' revision serves HTTP and gRPC itself (issue 12 on)")
     args = parser.parse_args()
     runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-ingress-") as tmp, \
