@@ -22,6 +22,10 @@ from serving.errors import Overloaded
 from serving.routing.pools import Dispatch, PoolState
 from serving.routing.router import PREDICT_WALK, Router, may_run
 
+# How long a passed early check (check_late) stands in for admission's own, if nothing in
+# the queue changed: over gRPC the two run microseconds apart with nothing in between.
+CLEARED_FOR_S = 0.001
+
 
 @dataclass(slots=True)
 class Plan:
@@ -51,6 +55,10 @@ class BatchPlanner:
         self.max_queued = max_queued
         self.queue: list[Entry] = []  # sorted by Entry.key
         self._widest_rows = max_rows  # no queued entry has more rows (bounds its cost)
+        # Bumped by every change to the queue and every plan (one follows each completion).
+        self._changes = 0
+        # The last passed check_late: (changes, priority, deadline, until).
+        self._cleared: tuple[int, int, float, float] | None = None
 
     @property
     def in_flight(self) -> int:
@@ -93,6 +101,7 @@ class BatchPlanner:
                 )
             evicted.append(self.queue.pop())
         bisect.insort(self.queue, entry, key=Entry.key)
+        self._changes += 1
         self._widest_rows = max(self._widest_rows, entry.rows)
         return evicted
 
@@ -108,14 +117,27 @@ class BatchPlanner:
                    if ticket.onprem_only else ""),
                 retry_after_s=1.0,
             )
-        self._raise_if_late(entry, now, delay_s)
+        if not self._cleared_early(entry, now):
+            self._raise_if_late(entry, now, delay_s)
 
     def check_late(self, entry: Entry, now: float, delay_s: float = 0.0) -> None:
         """Raise :class:`Overloaded` if a pool ``entry`` may use is up and its predicted
-        completion is past its deadline. Changes nothing, so a server can ask before it
-        reads a request's body (as the fewest rows the request can have)."""
+        completion is past its deadline. Changes nothing in the queue, so a server can ask
+        before it reads a request's body (as the fewest rows the request can have). If it
+        passes, admission of the same one-row request skips its own prediction for up to
+        :data:`CLEARED_FOR_S`, unless the queue changes meanwhile."""
         if self._reachable(entry):
             self._raise_if_late(entry, now, delay_s)
+            ticket = entry.ticket
+            self._cleared = (self._changes, ticket.priority, ticket.deadline,
+                             now + CLEARED_FOR_S)
+
+    def _cleared_early(self, entry: Entry, now: float) -> bool:
+        """Whether check_late just passed ``entry`` as it stands: one row, the same ticket,
+        nothing queued, removed or planned since, and not long ago."""
+        cleared, ticket = self._cleared, entry.ticket
+        return (cleared is not None and entry.rows == 1 and now <= cleared[3]
+                and cleared[:3] == (self._changes, ticket.priority, ticket.deadline))
 
     def _reachable(self, entry: Entry) -> bool:
         return any(p.available and may_run(p, entry) for p in self.pools)
@@ -145,12 +167,14 @@ class BatchPlanner:
             return False
         entry.failed_over = True
         bisect.insort(self.queue, entry, key=Entry.key)
+        self._changes += 1
         return True
 
     def remove(self, entry: Entry) -> None:
         index = bisect.bisect_left(self.queue, entry.key(), key=Entry.key)
         if index < len(self.queue) and self.queue[index] is entry:
             del self.queue[index]
+            self._changes += 1
 
     def _scan(self, now: float, probe: Entry | None) -> tuple[list[Entry], float]:
         """The doomed entries, and the earliest doom among the rest (probe excluded).
@@ -184,6 +208,7 @@ class BatchPlanner:
 
     def plan(self, now: float) -> Plan:
         """Expire the doomed, then choose a batch and its pool (or when to look again)."""
+        self._changes += 1  # pools changed too: a batch finished, or one is sent now
         # An idle pipeline tries its head request until the real deadline (see admit()).
         probe = self.queue[0] if self.in_flight == 0 and self.queue else None
         expired, earliest_doom = self._scan(now, probe)

@@ -147,6 +147,59 @@ def test_a_deep_queue_is_predicted_without_walking_all_of_it() -> None:
         p.admit(entry(10000, 1000, priority=1), 0.0)
 
 
+def counting_predictions(p: BatchPlanner) -> list[float]:
+    """Record every completion the planner predicts."""
+    seen: list[float] = []
+    predict = p.router.predict
+
+    def counted(*args, **kwargs) -> float:
+        seen.append(predict(*args, **kwargs))
+        return seen[-1]
+
+    p.router.predict = counted  # type: ignore[method-assign]
+    return seen
+
+
+def early_twin(e: Entry) -> Entry:
+    """What a server checks from the headers: the same ticket, one row, no tensors yet."""
+    return Entry(e.item, e.ticket, 1)
+
+
+def test_admission_right_after_a_passed_early_check_does_not_predict_again() -> None:
+    p = planner()
+    busy(p, 1)
+    seen = counting_predictions(p)
+    arriving = entry(1, 100)
+    p.check_late(early_twin(arriving), 0.0)
+    p.admit(arriving, 0.0)
+    assert len(seen) == 1 and names(p.queue) == [1]
+
+
+def test_admission_predicts_again_if_the_queue_changed_after_the_early_check() -> None:
+    p = planner()
+    busy(p, 1)  # t(8) = 18 ms: busy until 18 ms
+    late = entry(1, 50, priority=2)
+    p.check_late(early_twin(late), 0.0)  # 18 + t(1) = 29 ms: in time
+    for i in range(2, 4):  # meanwhile two batches of more important rows: 18 + 18 + 18 ms
+        for j in range(8):
+            p.admit(entry(10 * i + j, 1000, priority=0), 0.0)
+    with pytest.raises(Overloaded):
+        p.admit(late, 0.0)
+
+
+def test_admission_predicts_again_if_the_early_check_is_old_or_had_fewer_rows() -> None:
+    p = planner()
+    busy(p, 1)
+    seen = counting_predictions(p)
+    arriving = entry(1, 100)
+    p.check_late(early_twin(arriving), 0.0)
+    p.admit(arriving, 0.0011)  # past CLEARED_FOR_S (1 ms)
+    wide = entry(2, 100, rows=4)
+    p.check_late(early_twin(wide), 0.002)
+    p.admit(wide, 0.002)
+    assert len(seen) == 4
+
+
 def test_lower_priority_is_rejected_first_under_load() -> None:
     p = planner(max_rows=8)
     busy(p, 2)
