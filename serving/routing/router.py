@@ -202,11 +202,17 @@ class Router:
     def doom(self, entry: Entry) -> float:
         """Latest start that still meets ``entry``'s deadline if it ran alone on the fastest
         pool that may run it (one that is up, else any: a pool may come back in time)."""
-        pools = [p for p in self.pools if may_run(p, entry)]
-        live = [p for p in pools if p.available] or pools
-        if not live:
+        # One pass (it runs for every request the expiry scan looks at, on every event).
+        live_s = any_s = math.inf
+        for pool in self.pools:
+            if may_run(pool, entry):
+                cost = pool.cost(entry.rows)
+                any_s = min(any_s, cost)
+                if pool.available:
+                    live_s = min(live_s, cost)
+        if any_s == math.inf:
             return -math.inf
-        return entry.ticket.deadline - min(p.cost(entry.rows) for p in live)
+        return entry.ticket.deadline - (live_s if live_s < math.inf else any_s)
 
     def widest_cost(self, rows: int) -> float:
         """No request of ``rows`` rows or fewer costs more than this on any pool."""

@@ -5,6 +5,7 @@ batch size from the chosen pool, failover, admission across pools, residency."""
 from __future__ import annotations
 
 import bisect
+import math
 
 import pytest
 from hypothesis import given, settings
@@ -233,3 +234,16 @@ def test_cost_terms_give_the_pools_cost(rows, intercept_ms, slope_ms, overhead_m
     state.latency.overhead_s = overhead_ms * MS
     overhead, intercept, slope = state.cost_terms()
     assert overhead + (intercept + slope * max(rows, 1)) == state.cost(rows)
+
+
+def test_doom_uses_the_fastest_pool_up_else_any_that_may_come_back() -> None:
+    slow, fast = pool("slow", base_ms=30), pool("fast", cloud=True, base_ms=5)
+    r = planner(slow, fast).router
+    anyone, onprem_only = entry(1, 100), entry(2, 100, onprem_only=True)
+    assert r.doom(anyone) == pytest.approx(94 * MS)  # 100 - t(1) on the fast pool
+    assert r.doom(onprem_only) == pytest.approx(69 * MS)  # the cloud pool may not run it
+    fast.ready = False
+    assert r.doom(anyone) == pytest.approx(69 * MS)
+    slow.ready = False  # none up: the fastest that may come back
+    assert r.doom(anyone) == pytest.approx(94 * MS)
+    assert planner(fast).router.doom(onprem_only) == -math.inf
