@@ -219,14 +219,25 @@ class Router:
         return max(p.cost(rows) for p in self.pools)
 
 
-class _Keeper:
+class _CostLine:
+    """A pool's :meth:`~PoolState.cost` from its :meth:`~PoolState.cost_terms`, for the
+    searches below: they cost one batch size after another for every queued request they
+    look at, and two calls per size (pool, then latency model) showed in the profile."""
+
+    def __init__(self, pool: PoolState) -> None:
+        self._overhead, self._intercept, self._slope = pool.cost_terms()
+
+    def _cost(self, rows: int) -> float:  # = pool.cost(rows)
+        return self._overhead + (self._intercept + self._slope * (rows if rows > 1 else 1))
+
+
+class _Keeper(_CostLine):
     """What a better pool will do with the queued requests it can serve in time: its coming
     batches, formed greedily in queue order as its own batches form (each as large as its
-    efficient size and its members' deadlines allow, one after another on its devices).
-    Runs once per queued request ahead of every arrival, so it costs batch sizes from the
-    pool's :meth:`~PoolState.cost_terms` rather than calling the pool."""
+    efficient size and its members' deadlines allow, one after another on its devices)."""
 
     def __init__(self, pool: PoolState, now: float, max_rows: int, safety_s: float) -> None:
+        super().__init__(pool)
         self.pool = pool
         self.cloud = pool.cloud
         self.cap = pool.cap(max_rows)
@@ -234,11 +245,7 @@ class _Keeper:
         self.free_at = pool.start_at(now)
         self.rows = 0
         self.deadline = math.inf
-        self._overhead, self._intercept, self._slope = pool.cost_terms()
         self._replicas = max(pool.replicas, 1)
-
-    def _cost(self, rows: int) -> float:  # = self.pool.cost(rows)
-        return self._overhead + (self._intercept + self._slope * (rows if rows > 1 else 1))
 
     def _joins(self, entry: Entry) -> bool:
         """Whether ``entry`` fits the batch being formed (size and every deadline in it)."""
@@ -330,11 +337,12 @@ def _pick(
     return best.entries if rate(best.rows) >= SKIP_GAIN * rate(base.rows) else base.entries
 
 
-class _Batch:
+class _Batch(_CostLine):
     """A batch being formed for one pool: as large as the pool's efficient size and every
     member's deadline allow."""
 
     def __init__(self, pool: PoolState, start: float, max_rows: int, safety_s: float) -> None:
+        super().__init__(pool)
         self.pool = pool
         self.start = start
         self.cap = pool.cap(max_rows)
@@ -342,7 +350,6 @@ class _Batch:
         self.entries: list[Entry] = []
         self.rows = 0
         self.deadline = math.inf
-        self._overhead, self._intercept, self._slope = pool.cost_terms()  # see _Keeper
 
     def full(self) -> bool:
         return self.rows >= self.cap
@@ -355,8 +362,7 @@ class _Batch:
         deadline = entry.ticket.deadline
         if self.deadline < deadline:
             deadline = self.deadline
-        cost = self._overhead + (self._intercept + self._slope * (rows if rows > 1 else 1))
-        if not force and self.start + cost > deadline - self.safety_s:
+        if not force and self.start + self._cost(rows) > deadline - self.safety_s:
             return False  # it would make the batch late here; a later batch may take it
         self.entries.append(entry)
         self.rows, self.deadline = rows, deadline
