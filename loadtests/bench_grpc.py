@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from loadtests.harness import RESULTS, Server, free_port, gateway_config  # noqa: E402
+from loadtests.openloop import percentile  # noqa: E402
 from serving.repository import load_model_spec  # noqa: E402
 from serving.tritonserver import TritonServer  # noqa: E402
 
@@ -96,13 +97,12 @@ async def closed_loop(make: Callable[[], tuple[Call, Callable]], users: int,
     await asyncio.gather(*(user() for _ in range(users)))
     elapsed = time.monotonic() - began
     await close()
-    ordered = sorted(latencies) or [float("nan")]
     return {
         "requests": len(latencies),
         "failures": failures,
         "rps": len(latencies) / elapsed,
-        "p50_ms": ordered[len(ordered) // 2] * 1e3,
-        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3,
+        "p50_ms": percentile(latencies, 50) * 1e3,
+        "p99_ms": percentile(latencies, 99) * 1e3,
     }
 
 

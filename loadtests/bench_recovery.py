@@ -26,6 +26,7 @@ from pathlib import Path
 from loadtests import loadgen
 from loadtests.bench_slo import BEFORE, before_config, body
 from loadtests.harness import ROOT, Server, free_port, gateway_config, worktree
+from loadtests.openloop import percentile
 
 WINDOW_S = 0.5
 
@@ -59,11 +60,6 @@ def offer(url: str, times: list[float]) -> list[loadgen.Answer]:
     return loadgen.offer(url, data, headers, times, timeout_s=5.0)
 
 
-def p99(values: list[float]) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(len(values) * 0.99))]
-
-
 def windows(rows: list[loadgen.Answer], slo_s: float) -> list[dict]:
     """Per half second of scheduled sends: the offered rate, p99 of all answers, the shares
     good and refused, and p99 of the client's own lag (a late client is not a late server)."""
@@ -76,11 +72,11 @@ def windows(rows: list[loadgen.Answer], slo_s: float) -> list[dict]:
         table.append({
             "t": index * WINDOW_S,
             "offered_rps": len(answers) / WINDOW_S,
-            "p99_ms": p99([a.latency_s if a.status else 5.0 for a in answers]) * 1e3,
+            "p99_ms": percentile([a.latency_s if a.status else 5.0 for a in answers], 99) * 1e3,
             "good": sum(a.status == 200 and a.latency_s <= slo_s for a in answers)
             / len(answers),
             "refused": sum(a.status == 503 for a in answers) / len(answers),
-            "client_lag_p99_ms": p99([a.lag_s for a in answers]) * 1e3,
+            "client_lag_p99_ms": percentile([a.lag_s for a in answers], 99) * 1e3,
         })
     return table
 

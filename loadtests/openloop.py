@@ -68,7 +68,9 @@ def arrivals(pattern: str, rate: float, seconds: float, seed: int = 0) -> list[f
         times.append(t)
 
 
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (``q`` in tenths of a percent at most: 50, 99, 99.9) of
+    ``values``, interpolated; nan if there are none."""
     if not values:
         return float("nan")
     if len(values) == 1:
@@ -161,8 +163,8 @@ def _point(pattern: str, seconds: float, rows: list[tuple[Request, tuple]]) -> P
         throughput_rps=len(latencies) / seconds,
         goodput_rps=good / seconds,
         attainment=good / offered if offered else 0.0,
-        p50_ms=_percentile(latencies, 50) * 1e3,
-        p99_ms=_percentile(latencies, 99) * 1e3,
+        p50_ms=percentile(latencies, 50) * 1e3,
+        p99_ms=percentile(latencies, 99) * 1e3,
     )
 
 
@@ -187,7 +189,7 @@ async def run(
     rows = [(request, (a.latency_s, "") if a.status == 200 else (None, str(a.status or "timeout")))
             for a in answers]
     point = _point(pattern, seconds, rows)
-    point.p99_all_ms = _percentile(
+    point.p99_all_ms = percentile(
         [a.latency_s if a.status else timeout_s for a in answers], 99) * 1e3
     point.offered_rps = rate  # the schedule's nominal rate, not its realised one
     point.throughput_rps = point.ok / seconds
