@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.config import parse_gateway_config
+from serving.config import GatewayConfig, parse_gateway_config
 from serving.dataplane import DataPlane
 from serving.repository import load_repository
 from serving.telemetry import metrics
@@ -19,17 +19,20 @@ from serving.telemetry import metrics
 from .protocol.conftest import InProcessWorkers
 
 
+def digits_config(model_repository: Path) -> GatewayConfig:
+    return parse_gateway_config({"models": ["digits"], "model_repository": model_repository})
+
+
 @pytest.fixture
 def workers(model_repository: Path) -> InProcessWorkers:
-    config = parse_gateway_config({"models": ["digits"], "model_repository": model_repository})
-    return InProcessWorkers(load_repository(config))
+    return InProcessWorkers(load_repository(digits_config(model_repository)))
 
 
 @asynccontextmanager
 async def started(model_repository: Path, workers: InProcessWorkers,
                   **options: float) -> AsyncIterator[DataPlane]:
     """A data plane over ``workers``, refreshing its pools, stopped afterwards."""
-    config = parse_gateway_config({"models": ["digits"], "model_repository": model_repository})
+    config = digits_config(model_repository)
     plane = DataPlane(config, load_repository(config), workers, **options)
     plane.start()
     try:
