@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import random
 import re
 import shutil
 import socket
@@ -27,9 +28,33 @@ RESULTS = ROOT / "loadtests" / "results"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that was free a moment ago, below the kernel's ephemeral
+    range: a port from that range (what binding port 0 gives) can be taken before its
+    server binds it by any process binding port 0 or connecting out. A Ray instance starting
+    beside a test did that, and the gateway meant for the port never came up."""
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = _ports.randrange(PORTS_FROM, low) if low > PORTS_FROM else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise RuntimeError(f"no free port in [{PORTS_FROM}, {low}) after 100 tries")
+
+
+# Above Ray's default worker ports (10002-19999, `ray start`) and the usual fixed ones.
+PORTS_FROM = 20000
+_ports = random.Random()  # not the global generator, which tests may seed
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out for port 0 (Linux; 32768 if unknown)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def gateway_config(port: int, models: list[str], grpc_port: int | None = None,

@@ -5,21 +5,13 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from loadtests.harness import free_port  # noqa: F401 (the tests' one, with the benchmarks')
 from serving.cli import RAY_INGRESS_OFF, REPLICA_ENV
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 # Ray reads these when it starts (and some when ray.serve is imported): a private temp dir,
 # no auth token, no usage stats, and the project's launch settings.
