@@ -212,6 +212,11 @@ class _ServerConnection(_Frames):
             self.transport.write(encode_results(call, results, exec_s))
 
 
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 class BatchClient(_Frames):
     """The gateway's end of one connection: :meth:`call` sends a batch and awaits its
     results. Calls may overlap; answers are matched by call number."""
@@ -234,20 +239,29 @@ class BatchClient(_Frames):
     def in_flight(self) -> int:
         return len(self._calls)
 
-    async def call(self, items: list[WorkItem]) -> tuple[list[Result], float]:
+    async def call(
+        self, items: list[WorkItem], timeout_s: float | None = None
+    ) -> tuple[list[Result], float]:
         """One result per item and the execution seconds; :class:`ConnectionLost` if the
-        connection closes first (the batch may or may not have run)."""
+        connection closes first, :class:`TimeoutError` if no answer came in ``timeout_s``
+        (either way the batch may or may not have run)."""
         if self.closed or self.transport is None:
             raise ConnectionLost("the connection to the worker is closed")
         self._next += 1
         call = self._next
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._calls[call] = future
+        # A timer on the call's own future: asyncio.wait_for would wrap it in a task, one
+        # more object and loop step per batch.
+        timer = None if timeout_s is None else loop.call_later(timeout_s, _expire, future)
         try:
             self.transport.write(encode_batch(call, items))
             return await future
         finally:
             self._calls.pop(call, None)
+            if timer is not None:
+                timer.cancel()
 
     def message(self, message: Any) -> bool:
         call, results, exec_s = decode_results(message)

@@ -144,7 +144,7 @@ class RayWorkers:
         self, model: str, pool: str, client: BatchClient, items: list[WorkItem]
     ) -> tuple[list[Result], float]:
         try:
-            return await asyncio.wait_for(client.call(items), self.timeout_s)
+            return await client.call(items, self.timeout_s)
         except TimeoutError:
             raise self._too_slow(model, pool) from None
 

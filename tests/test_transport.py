@@ -164,6 +164,20 @@ async def test_a_call_in_flight_when_the_connection_drops_raises(served) -> None
 
 
 @with_server
+async def test_a_call_not_answered_in_time_raises_and_the_connection_stays(served) -> None:
+    _, handler, port = served
+    handler.gate = asyncio.Event()  # the worker holds every batch until it opens
+    client = await BatchClient.connect("127.0.0.1", port, TOKEN, 1.0)
+    with pytest.raises(TimeoutError):
+        await client.call([WorkItem("a", {"x": np.ones(1)})], timeout_s=0.05)
+    assert client.in_flight == 0 and not client.closed
+    handler.gate.set()  # the late answer is dropped; the next call gets its own
+    results, _ = await asyncio.wait_for(client.call([WorkItem("b", {"x": np.ones(1)})], 1.0), 2.0)
+    assert results[0]["y"][0] == 2
+    client.close()
+
+
+@with_server
 async def test_stop_lets_the_batches_in_progress_answer(served) -> None:
     server, handler, port = served
     _, call = await held_call(served)
