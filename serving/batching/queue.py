@@ -44,6 +44,7 @@ class BatchQueue:
         self.clock = clock
         self.stats = stats
         self._timer: asyncio.TimerHandle | None = None
+        self._soon: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(
@@ -68,7 +69,7 @@ class BatchQueue:
                     retry_after_s=1.0,
                 ),
             )
-        self._pump()
+        self._pump_soon()
         try:
             return await entry.future
         except asyncio.CancelledError:  # the client went away: forget it
@@ -79,7 +80,16 @@ class BatchQueue:
         if entry.future is not None and not entry.future.done():
             entry.future.set_exception(error)
 
+    def _pump_soon(self) -> None:
+        """Plan once the callbacks ready now have run: the arrivals and completions of one
+        pass of the event loop make one plan, not one each."""
+        if self._soon is None:
+            self._soon = asyncio.get_running_loop().call_soon(self._pump)
+
     def _pump(self) -> None:
+        if self._soon is not None:
+            self._soon.cancel()
+            self._soon = None
         now = self.clock()
         while True:
             plan = self.planner.plan(now)
@@ -146,4 +156,4 @@ class BatchQueue:
                     entry.future.set_result((result, pool.name))
         finally:
             metrics.child(metrics.POOL_IN_FLIGHT, pool.name, self.model).set(pool.in_flight)
-            self._pump()
+            self._pump_soon()

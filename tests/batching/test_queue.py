@@ -162,3 +162,20 @@ def test_a_batch_whose_pool_went_down_fails_over_to_another_pool() -> None:
         np.testing.assert_array_equal(result["y"], [[7.0]])
 
     run(scenario())
+
+
+def test_arrivals_of_one_loop_pass_go_to_an_idle_worker_as_one_batch() -> None:
+    async def scenario() -> None:
+        worker = FakeWorker()
+        queue = BatchQueue("m", worker, planner(slots=1))
+        now = asyncio.get_running_loop().time
+        # Three requests submitted before the loop runs anything else: planned once, after
+        # all three, rather than the first sent alone the moment it arrived.
+        calls = [asyncio.create_task(queue.submit(item(v), Ticket("c", 1, now(), now() + 5)))
+                 for v in (1, 2, 3)]
+        await worker.wait_for(1)
+        assert [len(x) for x in worker.batches[0]] == [1, 1, 1]
+        worker.gates[0].set()
+        await asyncio.gather(*calls)
+
+    run(scenario())
