@@ -296,6 +296,13 @@ class GatewayConfig(_Strict):
         default_factory=AutoscalingSettings,
         description="Pools with min_replicas < max_replicas scale with the gateway's demand.",
     )
+    batch_hold_max_ms: float = Field(
+        default=2.0,
+        ge=0,
+        description="Longest a batch for an idle worker replica may wait for more requests "
+        "(past its oldest one's arrival, never past its deadline). The wait adapts between 0 "
+        "and this to what waiting gains (serving.batching.hold); 0: never wait.",
+    )
     deadline_margin_ms: float = Field(
         default=1.0,
         ge=0,

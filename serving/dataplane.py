@@ -98,6 +98,7 @@ class DataPlane:
                     max_rows=max(spec.max_batch_size, 1),
                     max_queued=config.max_queued_per_model,
                     safety_s=config.deadline_margin_ms / 1e3,
+                    hold_max_s=config.batch_hold_max_ms / 1e3,
                 ),
                 stats=self.stats[name],
             )

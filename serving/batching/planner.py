@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 from serving.batching.entry import Entry
+from serving.batching.hold import AdaptiveHold
 from serving.errors import Overloaded
 from serving.routing.pools import Dispatch, PoolState
 from serving.routing.router import PREDICT_WALK, Router, may_run
@@ -46,6 +47,7 @@ class BatchPlanner:
         max_rows: int,
         max_queued: int,
         safety_s: float = 0.001,
+        hold_max_s: float = 0.0,
     ) -> None:
         if min(max_rows, max_queued) < 1:
             raise ValueError(f"max_rows={max_rows} and max_queued={max_queued} must be >= 1")
@@ -53,6 +55,7 @@ class BatchPlanner:
         self.router = Router(pools, max_rows=max_rows, safety_s=safety_s)
         self.max_rows = max_rows
         self.max_queued = max_queued
+        self.hold = AdaptiveHold(hold_max_s)
         self.queue: list[Entry] = []  # sorted by Entry.key
         self._widest_rows = max_rows  # no queued entry has more rows (bounds its cost)
         # Bumped by every change to the queue and every plan (one follows each completion).
@@ -216,13 +219,18 @@ class BatchPlanner:
             gone = set(map(id, expired))
             self.queue = [e for e in self.queue if id(e) not in gone]
         if not self.queue:
+            self.hold.forget()
             return Plan([], None, expired, None)
-        route = self.router.route(self.queue, now, probe)
+        route = self.router.route(self.queue, now, probe, self.hold.allowance())
         if route.pool is None:
+            if route.held:
+                self.hold.holding(route.held)
             return Plan([], None, expired, _finite(min(route.wake_at, earliest_doom)))
         chosen = set(map(id, route.batch))
         self.queue = [e for e in self.queue if id(e) not in chosen]
-        dispatch = route.pool.dispatched(now, sum(e.rows for e in route.batch))
+        rows = sum(e.rows for e in route.batch)
+        self.hold.sent(rows)
+        dispatch = route.pool.dispatched(now, rows)
         return Plan(route.batch, route.pool, expired, None, dispatch)
 
 

@@ -10,9 +10,11 @@ A request whose data must stay on-prem is never taken by a cloud pool.
 
 A batch for a pool takes eligible requests in queue order (priority, then deadline) that
 can still finish in time there, up to the pool's efficient batch size, so batch size
-follows the chosen pool's latency model. It is sent at once if a replica of the pool is
-idle or the batch is full; otherwise it grows until the pool's devices are about to free
-up, or until waiting longer would lose its earliest deadline.
+follows the chosen pool's latency model. It is sent at once if the batch is full, or if a
+replica of the pool is idle and the batch may not wait for more rows (the planner's
+:class:`~serving.batching.hold.AdaptiveHold`); otherwise it grows until the pool's devices are
+about to free up (or its wait is over), or until waiting longer would lose its earliest
+deadline.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Route:
     pool: PoolState | None  # None: send nothing now
     batch: list[Entry] = field(default_factory=list)
     wake_at: float = math.inf  # when to decide again if nothing else happens
+    held: int = 0  # rows of a batch kept waiting for more, for an idle replica
 
 
 def may_run(pool: PoolState, entry: Entry) -> bool:
@@ -65,21 +68,27 @@ class Router:
             return live
         return sorted(live, key=lambda p: (p.cloud, p.price_per_row(self.max_rows), p.name))
 
-    def route(self, queue: list[Entry], now: float, probe: Entry | None = None) -> Route:
+    def route(
+        self, queue: list[Entry], now: float, probe: Entry | None = None, hold_s: float = 0.0
+    ) -> Route:
         """The batch to send now, or when to look again. ``probe`` (the head request of an
         idle pipeline), if no pool would take it as predicted, goes to the first pool that
         may run it anyway: an idle pipeline that trusted a stale prediction would never
-        measure again."""
-        route = self._route(queue, now, None)
-        if route.pool is None and probe is not None:
-            forced = self._route(queue, now, probe)
+        measure again. ``hold_s``: how long past its oldest member's arrival a batch for an
+        idle replica may wait for more rows (never past its latest start)."""
+        route = self._route(queue, now, None, hold_s)
+        if route.pool is None and probe is not None and not route.held:
+            forced = self._route(queue, now, probe, hold_s)
             if forced.pool is not None:
                 return forced
         return route
 
-    def _route(self, queue: list[Entry], now: float, probe: Entry | None) -> Route:
+    def _route(
+        self, queue: list[Entry], now: float, probe: Entry | None, hold_s: float
+    ) -> Route:
         ranked = self.ranked()
         wake = math.inf
+        held = 0
         for index, pool in enumerate(ranked):
             if not pool.has_slot():
                 continue
@@ -87,11 +96,12 @@ class Router:
             wake = min(wake, switch)
             if not batch:
                 continue
-            route = self._timing(pool, batch, now)
+            route = self._timing(pool, batch, now, hold_s)
             if route.pool is not None:
                 return route
             wake = min(wake, route.wake_at)
-        return Route(None, [], wake)
+            held = held or route.held
+        return Route(None, [], wake, held)
 
     def _take(
         self,
@@ -158,15 +168,23 @@ class Router:
             rows += entry.rows
         return _pick(pool, candidates, start, self.max_rows, self.safety_s, probe), switch
 
-    def _timing(self, pool: PoolState, batch: list[Entry], now: float) -> Route:
-        """Send now if a replica is idle or the batch is full; else keep growing it until
+    def _timing(self, pool: PoolState, batch: list[Entry], now: float, hold_s: float) -> Route:
+        """Send now if the batch is full, or if a replica is idle and the batch's wait
+        (``hold_s`` past its oldest member's arrival) is over; else keep growing it until
         the pool's devices are about to free up (a batch sent earlier would only wait in
         the worker) or waiting longer would lose its earliest deadline."""
         total = sum(e.rows for e in batch)
         first_deadline = min(e.ticket.deadline for e in batch)
         latest_start = first_deadline - pool.cost(total) - self.safety_s
+        if total >= pool.cap(self.max_rows):
+            return Route(pool, batch)
+        if pool.idle_replica():
+            if not hold_s:
+                return Route(pool, batch)
+            send_at = min(latest_start, min(e.ticket.arrival for e in batch) + hold_s)
+            return Route(pool, batch) if now >= send_at else Route(None, [], send_at, total)
         send_at = min(latest_start, pool.device_free_at - pool.latency.overhead_s)
-        if pool.idle_replica() or total >= pool.cap(self.max_rows) or now >= send_at:
+        if now >= send_at:
             return Route(pool, batch)
         return Route(None, [], send_at)
 
