@@ -174,19 +174,19 @@ class Router:
         the pool's devices are about to free up (a batch sent earlier would only wait in
         the worker) or waiting longer would lose its earliest deadline."""
         total = sum(e.rows for e in batch)
+        idle = pool.idle_replica()
+        if total >= pool.cap(self.max_rows) or (idle and not hold_s):
+            return Route(pool, batch)
         first_deadline = min(e.ticket.deadline for e in batch)
         latest_start = first_deadline - pool.cost(total) - self.safety_s
-        if total >= pool.cap(self.max_rows):
-            return Route(pool, batch)
-        if pool.idle_replica():
-            if not hold_s:
-                return Route(pool, batch)
-            send_at = min(latest_start, min(e.ticket.arrival for e in batch) + hold_s)
-            return Route(pool, batch) if now >= send_at else Route(None, [], send_at, total)
-        send_at = min(latest_start, pool.device_free_at - pool.latency.overhead_s)
+        if idle:
+            until = min(e.ticket.arrival for e in batch) + hold_s
+        else:
+            until = pool.device_free_at - pool.latency.overhead_s
+        send_at = min(latest_start, until)
         if now >= send_at:
             return Route(pool, batch)
-        return Route(None, [], send_at)
+        return Route(None, [], send_at, total if idle else 0)
 
     def predict(
         self, entry: Entry, ahead: list[Entry], now: float, beyond_rows: float = 0.0
