@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -72,11 +73,10 @@ def serve(port: int, hold_s: float) -> None:
     uvloop.run(main())
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_s(process: psutil.Process) -> float:
+    """User + system CPU seconds of ``process`` so far."""
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 def measure(hold_ms: float, users: int, seconds: float) -> dict[str, float]:
@@ -89,17 +89,17 @@ def measure(hold_ms: float, users: int, seconds: float) -> dict[str, float]:
             raise RuntimeError("the bare gRPC server did not start")
         url = f"127.0.0.1:{port}"
         asyncio.run(closed_loop(lambda: grpc_call(url, HEADERS, channels=4), 4, 1))  # warm
-        server_before, load_before = cpu_s(child.pid), os.times()
+        server, load = psutil.Process(child.pid), psutil.Process()
+        server_before, load_before = cpu_s(server), cpu_s(load)
         result = asyncio.run(closed_loop(lambda: grpc_call(url, HEADERS, channels=users),
                                          users, seconds))
-        server_after, load_after = cpu_s(child.pid), os.times()
+        server_after, load_after = cpu_s(server), cpu_s(load)
     finally:
         child.terminate()
         child.wait(timeout=10)
     calls = max(result["requests"], 1)
-    load_s = (load_after.user + load_after.system) - (load_before.user + load_before.system)
     return {**result, "server_ms": (server_after - server_before) * 1e3 / calls,
-            "load_ms": load_s * 1e3 / calls}
+            "load_ms": (load_after - load_before) * 1e3 / calls}
 
 
 def main() -> int:
