@@ -97,7 +97,7 @@ def measured(server: Server, run: Callable[[], dict[str, float]]) -> dict[str, f
 
 def bench_mode(mode: str, root: Path, workdir: Path, args: argparse.Namespace) -> list[dict]:
     port, grpc_port = free_port(), free_port()
-    document = gateway_config(port, ["digits"], grpc_port)
+    document = gateway_config(port, ["digits"], grpc_port, root=root)
     if mode == "before" and not args.before_own_ingress:
         # The config of its day: Ray Serve's proxy (HAProxy) was the ingress.
         document["proxy_location"] = "HeadOnly"

@@ -123,7 +123,8 @@ def systems(
         "serve.batch default": baseline("serve-batch-default"),
         **({"gateway before": Server(
             "gateway-before",
-            gateway_config(free_port(), ["digits"]) if before_own else before_config(),
+            gateway_config(free_port(), ["digits"], root=before) if before_own
+            else before_config(before),
             workdir, root=before)} if before is not None else {}),
         "serve.batch tuned": baseline(
             "serve-batch-tuned", max_batch_size=64, batch_wait_timeout_s=0.002
@@ -136,9 +137,10 @@ def systems(
     return {name: system for name, system in found.items() if name == "gateway" or name in peers}
 
 
-def before_config() -> dict:
-    """The gateway's config as of ``--before``: Ray Serve's proxy (HAProxy) as the ingress."""
-    return {**gateway_config(free_port(), ["digits"]), "proxy_location": "HeadOnly"}
+def before_config(before: Path) -> dict:
+    """The gateway's config as of ``--before`` (checked out at ``before``): Ray Serve's proxy
+    (HAProxy) as the ingress."""
+    return {**gateway_config(free_port(), ["digits"], root=before), "proxy_location": "HeadOnly"}
 
 
 def via_handle_config() -> dict:

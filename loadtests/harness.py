@@ -57,10 +57,11 @@ def _ephemeral_low() -> int:
         return 32768
 
 
-def gateway_config(port: int, models: list[str], grpc_port: int | None = None,
-                   **args: Any) -> dict[str, Any]:
-    """The quickstart config on ``port`` serving ``models``; ``args``: more gateway args."""
-    document = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+def gateway_config(port: int, models: list[str], grpc_port: int | None = None, *,
+                   root: Path = ROOT, **args: Any) -> dict[str, Any]:
+    """The quickstart config of the checkout at ``root`` (a "before" build runs its own
+    settings) on ``port`` serving ``models``; ``args``: more gateway args."""
+    document = yaml.safe_load((root / "configs" / "quickstart.yaml").read_text())
     document["http_options"]["port"] = port
     document["grpc_options"]["port"] = grpc_port or free_port()
     document["applications"][0]["args"].update(models=models, **args)
