@@ -62,6 +62,15 @@ class SLOPolicy:
     def __init__(self, config: GatewayConfig) -> None:
         self.classes = config.slo_classes
         self.default = config.default_slo_class
+        self.top = min((c.priority for c in self.classes.values()), default=0)
+
+    def urgent(self, header_class: str | None, model_default: str | None = None) -> bool:
+        """Whether a request of the class its headers name (else ``model_default``, else
+        the gateway's) has the most important priority, or names no known class (its 400
+        costs nothing to give). Judged before the body is read: a class in the body's
+        parameters does not count here."""
+        slo = self.classes.get(header_class or model_default or self.default)
+        return slo is None or slo.priority <= self.top
 
     def ticket(
         self,

@@ -66,3 +66,12 @@ def test_residency_from_the_model_parameter_or_header_only_tightens() -> None:
 def test_unknown_residency_is_a_bad_request(value) -> None:
     with pytest.raises(InvalidRequest, match="unknown data residency .*any, onprem"):
         ticket({"residency": value})
+
+
+def test_urgent_is_the_most_important_class_by_header_then_model_then_gateway() -> None:
+    assert POLICY.urgent("realtime")
+    assert not POLICY.urgent("standard")
+    assert not POLICY.urgent(None)  # the gateway's default: standard
+    assert POLICY.urgent(None, "realtime")  # the model's default
+    assert not POLICY.urgent("batch", "realtime")  # the header wins
+    assert POLICY.urgent("nope")  # unknown: its 400 is cheap, no place to keep

@@ -245,6 +245,18 @@ class GrpcAdapter:
                     getattr(pb, method.output_type.name),
                 )
 
+    def urgent(self, method: str, context: Any) -> bool:
+        """As :meth:`RestAdapter.urgent <serving.protocol.rest.RestAdapter.urgent>`, before
+        the message is decoded: its model is not known yet, so a call that names no class
+        in its metadata is judged by the gateway's default class."""
+        if method != "ModelInfer":
+            return True
+        named = None
+        for key, value in context.invocation_metadata() or ():
+            if key.lower() == SLO_HEADER:
+                named = value
+        return self.dataplane.urgent("", named)
+
     async def serve(
         self, method: str, request: Message | Encoded, context: Any, deadline: float | None
     ) -> Message:

@@ -111,6 +111,12 @@ class RestAdapter:
             )
         return json_response({"error": f"no route for {method} {path}"}, 404)
 
+    def urgent(self, scope: dict[str, Any], headers: Mapping[str, str]) -> bool:
+        """Whether the request may take the in-flight places kept for the most important
+        SLO class: an inference of that class (by its headers), or anything else."""
+        match = _INFER.fullmatch(scope["path"]) if scope["method"] == "POST" else None
+        return match is None or self.dataplane.urgent(match["model"], headers.get(SLO_HEADER))
+
     def refuse_early(
         self, scope: dict[str, Any], headers: Mapping[str, str]
     ) -> ServingError | None:

@@ -41,7 +41,7 @@ class Servicer:
         self.cap = cap
 
     async def call(self, method: str, request: Encoded, context: Any) -> Message:
-        refused = self.cap.enter("grpc")
+        refused = self.cap.enter("grpc", self.adapter.urgent(method, context))
         if refused is not None:
             set_error(context, refused)
             return self.adapter.methods[method][2]()

@@ -79,7 +79,7 @@ class HttpApp:
     def early(self, scope: dict[str, Any], headers: dict[str, str]) -> ServingError | None:
         """The error to answer with before the body is read, or None (then the request
         counts against the cap until :meth:`answer` returns)."""
-        refused = self.cap.enter("http")
+        refused = self.cap.enter("http", self.rest.urgent(scope, headers))
         if refused is not None:
             return refused
         refused = self.rest.refuse_early(scope, headers)

@@ -5,8 +5,11 @@ replica; clients are real."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,7 +145,40 @@ def cycles_made_by(action: Callable[[], None]) -> int:
         gc.enable()
 
 
+def post_head(address: str, path: str, headers: dict[str, str], length: int) -> bytes:
+    head = [f"POST {path} HTTP/1.1", f"Host: {address}", f"Content-Length: {length}",
+            "Content-Type: application/json", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(head) + "\r\n\r\n").encode()
+
+
 @pytest.fixture
 def capped(model_repository: Path) -> Iterator[Served]:
     """A server that takes one request at a time."""
     yield from serve(model_repository, max_in_flight=1)
+
+
+@pytest.fixture
+def reserved(model_repository: Path) -> Iterator[Served]:
+    """A server that takes four requests at a time, the last for the most important class
+    (realtime) and non-inference requests only."""
+    yield from serve(model_repository, max_in_flight=4)
+
+
+@contextlib.contextmanager
+def places_taken(served: Served, count: int, slo_class: str) -> Iterator[None]:
+    """``count`` inference requests of ``slo_class`` hold places under the in-flight cap
+    (their heads sent, their bodies not) until the block ends."""
+    host, port = served.http.split(":")
+    socks = [socket.create_connection((host, int(port)), timeout=2) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.sendall(post_head(served.http, "/v2/models/digits/infer",
+                                   {"x-slo-class": slo_class}, 10_000))
+        deadline = time.monotonic() + 5
+        while served.ingress.cap.in_flight < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert served.ingress.cap.in_flight == count
+        yield
+    finally:
+        for sock in socks:
+            sock.close()

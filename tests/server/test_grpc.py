@@ -13,7 +13,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from .conftest import Served, cycles_made_by, ingress_refusals
+from .conftest import Served, cycles_made_by, ingress_refusals, places_taken
 
 
 def infer_inputs(rows: int = 1) -> list[grpcclient.InferInput]:
@@ -83,6 +83,18 @@ def test_over_the_cap_unavailable_with_retry_after(capped: Served) -> None:
     assert "gateway_max_ongoing_requests" in details
     assert trailing.get("retry-after") == "1"
     assert ingress_refusals("grpc", "in_flight_cap") == counted + 1
+
+
+def test_a_call_of_a_less_important_class_leaves_the_reserved_places(
+        reserved: Served) -> None:
+    """The cap is shared with HTTP: with three of four places taken, a ``standard`` call is
+    refused UNAVAILABLE naming the reserve, a ``realtime`` call is served."""
+    with places_taken(reserved, 3, "batch"):
+        code, details, _ = raw_infer(reserved, (("x-slo-class", "standard"),))
+        served_code, _, _ = raw_infer(reserved, (("x-slo-class", "realtime"),))
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert "kept for its most important class" in details
+    assert served_code == grpc.StatusCode.OK
 
 
 def test_a_class_that_cannot_be_met_is_refused_before_decoding(served: Served) -> None:

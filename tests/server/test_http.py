@@ -17,7 +17,15 @@ import psutil
 
 from serving.server.sockets import listen
 
-from .conftest import Served, cycles_made_by, ingress_refusals, serve, shed_all
+from .conftest import (
+    Served,
+    cycles_made_by,
+    ingress_refusals,
+    places_taken,
+    post_head,
+    serve,
+    shed_all,
+)
 
 
 def digits(rows: int = 1) -> np.ndarray:
@@ -36,12 +44,6 @@ def headers_only(address: str, path: str, headers: dict[str, str], length: int) 
     with socket.create_connection((host, int(port)), timeout=2) as sock:
         sock.sendall(post_head(address, path, headers, length))
         return read_answer(sock)
-
-
-def post_head(address: str, path: str, headers: dict[str, str], length: int) -> bytes:
-    head = [f"POST {path} HTTP/1.1", f"Host: {address}", f"Content-Length: {length}",
-            "Content-Type: application/json", *(f"{k}: {v}" for k, v in headers.items())]
-    return ("\r\n".join(head) + "\r\n\r\n").encode()
 
 
 def read_answer(sock: socket.socket) -> bytes:
@@ -102,6 +104,23 @@ def test_a_request_over_the_in_flight_cap_is_refused_before_its_body(capped: Ser
     assert took < 0.5
     assert capped.ingress.cap.refused == 1
     assert ingress_refusals("http", "in_flight_cap") == counted + 1
+
+
+def test_the_last_places_under_the_cap_are_kept_for_the_most_important_class(
+        reserved: Served) -> None:
+    """Three of four places taken by ``batch`` requests: the next ``standard`` one is refused
+    at once, naming the reserve; a ``realtime`` one and a health check still get in."""
+    target = f"http://{reserved.http}/v2/models/digits/infer"
+    with places_taken(reserved, 3, "batch"):
+        refused = headers_only(reserved.http, "/v2/models/digits/infer",
+                               {"x-slo-class": "standard"}, 10_000)
+        realtime = httpx.post(target, json=infer_body(digits()),
+                              headers={"x-slo-class": "realtime"}, timeout=5)
+        ready = httpx.get(f"http://{reserved.http}/v2/health/ready", timeout=5)
+    assert refused.startswith(b"HTTP/1.1 503"), refused[:200]
+    assert b"kept for its most important class" in refused
+    assert realtime.status_code == 200, realtime.text
+    assert ready.status_code == 200, ready.text
 
 
 def test_a_connection_over_the_limit_is_answered_503_and_closed(
