@@ -204,10 +204,11 @@ class DataPlane:
         names = [self.spec(name, version).name] if name else list(self.specs)
         return {"model_stats": [self.stats[n].as_dict() for n in names]}
 
-    def urgent(self, model: str, slo_class: str | None) -> bool:
-        """Whether a request for ``model`` naming ``slo_class`` (None: none) may take the
-        in-flight places kept for the most important class (:meth:`SLOPolicy.urgent`)."""
-        spec = self.specs.get(model)
+    def urgent(self, model: str | None, slo_class: str | None) -> bool:
+        """Whether a request for ``model`` (None: not known yet) naming ``slo_class`` (None:
+        none) may take the in-flight places kept for the most important class
+        (:meth:`SLOPolicy.urgent`)."""
+        spec = self.specs.get(model) if model is not None else None
         return self.slo.urgent(slo_class, spec.default_slo_class if spec else None)
 
     def refuse_early(

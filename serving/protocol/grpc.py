@@ -255,7 +255,7 @@ class GrpcAdapter:
         for key, value in context.invocation_metadata() or ():
             if key.lower() == SLO_HEADER:
                 named = value
-        return self.dataplane.urgent("", named)
+        return self.dataplane.urgent(None, named)
 
     async def serve(
         self, method: str, request: Message | Encoded, context: Any, deadline: float | None
