@@ -259,7 +259,9 @@ class GatewayConfig(_Strict):
     )
     gateway_replicas: int = Field(default=1, ge=1, description="Gateway (ingress) replicas.")
     gateway_max_ongoing_requests: int = Field(
-        default=1024, ge=1, description="Concurrent requests one gateway replica accepts."
+        default=1024, ge=1,
+        description="Concurrent requests one gateway replica accepts, at most (its own "
+        "servers tighten the cap, down to a third, while requests stay long under overload).",
     )
     gateway_resources: dict[str, float] = Field(
         default_factory=dict,

@@ -29,8 +29,9 @@ class Ingress:
     """Both servers of one gateway replica, over its adapters, sharing one in-flight cap."""
 
     def __init__(self, rest: RestAdapter, grpc: GrpcAdapter, listen: Listen, *,
-                 max_in_flight: int, max_connections: int, max_message_bytes: int) -> None:
-        self.cap = InFlightCap(max_in_flight)
+                 max_in_flight: int, max_connections: int, max_message_bytes: int,
+                 stay_target_s: float | None = None) -> None:
+        self.cap = InFlightCap(max_in_flight, target_s=stay_target_s)
         self.http = HttpServer(HttpApp(rest, self.cap), listen.host, listen.http_port,
                                max_connections=max_connections)
         self.grpc = None
