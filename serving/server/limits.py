@@ -24,12 +24,12 @@ class InFlightCap:
     the important ones in proportion to a flood of others.
 
     With ``target_s``, the limit adapts between ``limit`` and a third of it. By Little's
-    law the requests in flight over the answers a second is how long a request stays in the
-    replica. Each window of ``window_s`` in which the cap refused and that stay was over
-    ``target_s``, the limit falls by a tenth: a sustained overload left ``limit`` requests
-    waiting on one core, each answer later than the last. Each window without either, it
-    climbs back by a twentieth: clumps of arrivals at capacity fill the cap for a moment,
-    and a low limit would refuse them.
+    law the requests in flight over the answers a second (refusals after entering count as
+    answers) is how long a request stays in the replica. Each window of ``window_s`` in
+    which the cap refused and that stay was over ``target_s``, the limit falls by a tenth:
+    a sustained overload left ``limit`` requests waiting on one core, each answer later
+    than the last. Each other window it climbs back by a twentieth: clumps of arrivals at
+    capacity fill the cap for a moment, and a low limit would refuse them.
 
     Event-loop code only (no locking). A refusal costs a counter check: nothing of the
     request has been read.

@@ -52,11 +52,17 @@ def overloaded_window(cap: InFlightCap, clock: Clock, answers: int) -> None:
             pass
 
 
-def test_a_sustained_overload_tightens_the_limit_until_requests_stay_under_target() -> None:
-    clock = Clock()
+def full_cap(clock: Clock) -> InFlightCap:
+    """A cap of 96 that adapts to a 20 ms stay, every place taken."""
     cap = InFlightCap(96, target_s=0.02, clock=clock)
     for _ in range(96):
         cap.enter("http")
+    return cap
+
+
+def test_a_sustained_overload_tightens_the_limit_until_requests_stay_under_target() -> None:
+    clock = Clock()
+    cap = full_cap(clock)
     # 300 answers a second with 96 in flight: each stays 0.32 s, far over 20 ms.
     for _ in range(30):
         overloaded_window(cap, clock, answers=30)
@@ -66,9 +72,7 @@ def test_a_sustained_overload_tightens_the_limit_until_requests_stay_under_targe
 
 def test_the_limit_holds_while_requests_stay_under_target_and_climbs_back_after() -> None:
     clock = Clock()
-    cap = InFlightCap(96, target_s=0.02, clock=clock)
-    for _ in range(96):
-        cap.enter("http")
+    cap = full_cap(clock)
     # 9,600 answers a second with 96 in flight: 10 ms each, within target, though the cap
     # refuses (clumps at capacity): the limit stays.
     for _ in range(5):
