@@ -41,7 +41,8 @@ class Servicer:
         self.cap = cap
 
     async def call(self, method: str, request: Encoded, context: Any) -> Message:
-        refused = self.cap.enter("grpc", self.adapter.urgent(method, context))
+        urgent = not self.cap.crowded() or self.adapter.urgent(method, context)
+        refused = self.cap.enter("grpc", urgent)
         if refused is not None:
             set_error(context, refused)
             return self.adapter.methods[method][2]()

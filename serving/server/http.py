@@ -79,7 +79,8 @@ class HttpApp:
     def early(self, scope: dict[str, Any], headers: dict[str, str]) -> ServingError | None:
         """The error to answer with before the body is read, or None (then the request
         counts against the cap until :meth:`answer` returns)."""
-        refused = self.cap.enter("http", self.rest.urgent(scope, headers))
+        urgent = not self.cap.crowded() or self.rest.urgent(scope, headers)
+        refused = self.cap.enter("http", urgent)
         if refused is not None:
             return refused
         refused = self.rest.refuse_early(scope, headers)

@@ -54,6 +54,11 @@ class InFlightCap:
         self._left = 0  # requests answered, this window
         self._refused = 0  # refusals, this window
 
+    def crowded(self) -> bool:
+        """Whether only reserved places are left: then, and only then, whether a request is
+        urgent matters (servers skip working it out otherwise)."""
+        return self.in_flight >= self.limit - self.reserve
+
     def enter(self, protocol: str, urgent: bool = True) -> Overloaded | None:
         """Count a request in, or return the error to answer it with if the cap is reached
         (counted in ``serving_ingress_refusals_total`` under ``protocol``); a request that

@@ -99,3 +99,12 @@ def test_without_a_target_the_limit_is_fixed() -> None:
     for _ in range(20):
         overloaded_window(cap, clock, answers=2)
     assert cap.limit == 8
+
+
+def test_crowded_once_only_the_reserved_places_are_left() -> None:
+    cap = InFlightCap(8)
+    for _ in range(5):
+        cap.enter("http", urgent=False)
+    assert not cap.crowded()
+    cap.enter("http", urgent=False)
+    assert cap.crowded()
