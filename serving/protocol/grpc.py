@@ -77,6 +77,11 @@ class Call:
     arrival: float | None = None  # DataPlane.arrival() when the call was first seen
 
 
+def _metadata_of(context: Any) -> dict[str, str]:
+    """A call's invocation metadata with lower-case keys (as :attr:`Call.metadata`)."""
+    return {key.lower(): value for key, value in context.invocation_metadata() or ()}
+
+
 @dataclass(frozen=True, slots=True)
 class Encoded:
     """A request still in wire format; :meth:`GrpcAdapter.handle` parses it.
@@ -251,11 +256,7 @@ class GrpcAdapter:
         in its metadata is judged by the gateway's default class."""
         if method != "ModelInfer":
             return True
-        named = None
-        for key, value in context.invocation_metadata() or ():
-            if key.lower() == SLO_HEADER:
-                named = value
-        return self.dataplane.urgent(None, named)
+        return self.dataplane.urgent(None, _metadata_of(context).get(SLO_HEADER))
 
     async def serve(
         self, method: str, request: Message | Encoded, context: Any, deadline: float | None
@@ -263,8 +264,8 @@ class GrpcAdapter:
         """Answer one call on ``context`` (a gRPC servicer context), setting its status;
         never raises. ``deadline``: the call's, in ``time.monotonic()`` seconds, if known."""
         arrival = self.dataplane.arrival()
-        metadata = {key.lower(): value for key, value in context.invocation_metadata() or ()}
-        response, error = await self.handle(method, request, Call(metadata, deadline, arrival))
+        call = Call(_metadata_of(context), deadline, arrival)
+        response, error = await self.handle(method, request, call)
         if error is not None:
             set_error(context, error)
         return response

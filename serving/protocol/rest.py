@@ -44,6 +44,14 @@ _INFER = re.compile(_MODEL + r"/infer")
 ARRIVAL = "serving.arrival"  # scope key: DataPlane.arrival() when the request was first seen
 
 
+def _inferred_model(scope: dict[str, Any]) -> str | None:
+    """The model an inference request (``POST .../infer``) names; None for anything else."""
+    if scope["method"] != "POST":
+        return None
+    match = _INFER.fullmatch(scope["path"])
+    return None if match is None else match["model"]
+
+
 def json_response(
     payload: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
@@ -114,8 +122,8 @@ class RestAdapter:
     def urgent(self, scope: dict[str, Any], headers: Mapping[str, str]) -> bool:
         """Whether the request may take the in-flight places kept for the most important
         SLO class: an inference of that class (by its headers), or anything else."""
-        match = _INFER.fullmatch(scope["path"]) if scope["method"] == "POST" else None
-        return match is None or self.dataplane.urgent(match["model"], headers.get(SLO_HEADER))
+        model = _inferred_model(scope)
+        return model is None or self.dataplane.urgent(model, headers.get(SLO_HEADER))
 
     def refuse_early(
         self, scope: dict[str, Any], headers: Mapping[str, str]
@@ -125,20 +133,18 @@ class RestAdapter:
         the data plane would refuse it whatever its body (:meth:`DataPlane.refuse_early`);
         ``None`` to go on and read it. Counts a refusal among the requests answered; notes
         when the request arrived (``scope[ARRIVAL]``), for its deadline."""
-        if scope["method"] != "POST":
-            return None
-        match = _INFER.fullmatch(scope["path"])
-        if match is None:
+        model = _inferred_model(scope)
+        if model is None:
             return None
         arrival = scope[ARRIVAL] = self.dataplane.arrival()
         try:
             self._check_declared_length(headers.get("content-length"))
             self.dataplane.refuse_early(
-                match["model"], slo_class=headers.get(SLO_HEADER),
+                model, slo_class=headers.get(SLO_HEADER),
                 residency=headers.get(RESIDENCY_HEADER), arrival=arrival,
             )
         except ServingError as error:
-            metrics.observe_request(self.dataplane.model_label(match["model"]), "http",
+            metrics.observe_request(self.dataplane.model_label(model), "http",
                                     error.status, time.monotonic() - arrival)
             # Kept past this frame, its traceback would make a cycle through the server's
             # frames: garbage for the cyclic GC at thousands of refusals a second.

@@ -42,7 +42,6 @@ class InFlightCap:
                              f"and window_s={window_s} > 0")
         self.max_limit = self.limit = limit
         self.min_limit = max(1, limit // 3)
-        self.reserve = limit // 4
         self.target_s = target_s
         self.window_s = window_s
         self.clock = clock
@@ -53,6 +52,11 @@ class InFlightCap:
         self._area = 0.0  # in-flight requests x seconds, this window
         self._left = 0  # requests answered, this window
         self._refused = 0  # refusals, this window
+
+    @property
+    def reserve(self) -> int:
+        """Places only urgent requests may take: the last quarter of the limit."""
+        return self.limit // 4
 
     def crowded(self) -> bool:
         """Whether only reserved places are left: then, and only then, whether a request is
@@ -65,8 +69,7 @@ class InFlightCap:
         is not ``urgent`` is refused once only the reserved places are left."""
         if self.target_s is not None:
             self._tick()
-        bound = self.limit if urgent else self.limit - self.reserve
-        if self.in_flight >= bound:
+        if self.in_flight >= self.limit or (not urgent and self.crowded()):
             self.refused += 1
             self._refused += 1
             metrics.child(metrics.INGRESS_REFUSALS, protocol, "in_flight_cap").inc()
@@ -98,7 +101,6 @@ class InFlightCap:
             self.limit = max(self.min_limit, self.limit - max(1, self.limit // 10))
         else:
             self.limit = min(self.max_limit, self.limit + max(1, self.limit // 20))
-        self.reserve = self.limit // 4
         self._window_start = now
         self._area = 0.0
         self._left = self._refused = 0
