@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 import tritonclient.http.aio as httpclient
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,6 +38,19 @@ from serving.tritonserver import TritonServer  # noqa: E402
 
 X = np.random.default_rng(0).random((1, 64), dtype=np.float32)
 HEADERS = {"x-slo-class": "batch"}
+# tritonclient's own defaults, plus a subchannel pool per channel: gRPC otherwise shares
+# one TCP connection among all channels of a process to the same target with the same
+# arguments, so "32 clients" were one connection and reached one gateway replica.
+_KEEPALIVE = KeepAliveOptions()
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.keepalive_time_ms", _KEEPALIVE.keepalive_time_ms),
+    ("grpc.keepalive_timeout_ms", _KEEPALIVE.keepalive_timeout_ms),
+    ("grpc.keepalive_permit_without_calls", _KEEPALIVE.keepalive_permit_without_calls),
+    ("grpc.http2.max_pings_without_data", _KEEPALIVE.http2_max_pings_without_data),
+    ("grpc.use_local_subchannel_pool", 1),
+]
 Call = Callable[[], Awaitable[object]]
 
 
@@ -56,9 +70,10 @@ def http_call(url: str, headers: dict[str, str] | None) -> tuple[Call, Callable[
 
 def grpc_call(url: str, headers: dict[str, str] | None,
               channels: int = 1) -> tuple[Call, Callable[[], Awaitable]]:
-    """Calls over ``channels`` clients in turn (each its own HTTP/2 connection: one
-    connection reaches one gateway replica)."""
-    clients = [grpcclient.InferenceServerClient(url) for _ in range(channels)]
+    """Calls over ``channels`` clients in turn, each on its own HTTP/2 connection, as
+    separate client processes would be (one connection reaches one gateway replica)."""
+    clients = [grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
+               for _ in range(channels)]
     turn = itertools.cycle(clients)
     item = grpcclient.InferInput("input", [1, 64], "FP32")
     item.set_data_from_numpy(X)

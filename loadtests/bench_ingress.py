@@ -14,7 +14,9 @@ Modes, each started with ``serving run`` on free 127.0.0.1 ports (digits only):
 
 Per mode and concurrency: locust (HTTP, ``FastHttpUser``) and tritonclient's asyncio gRPC
 client send one-row requests back to back in the ``batch`` class, each user on a connection
-of its own (as separate clients would be; one connection reaches one gateway replica). CPU
+of its own (as separate clients would be; one connection reaches one gateway replica); and,
+with more than one user, gRPC again with every user's calls on one connection (one client
+process with that many calls in flight: the gateway reads several calls per wake-up). CPU
 seconds are read per process around each run (gateway replicas, worker replicas, proxies,
 the rest of Ray, the load generator) and divided by the requests answered. Prints a
 markdown table of medians across repeats and writes JSON to ``loadtests/results/``. Bounded
@@ -49,6 +51,9 @@ from loadtests.harness import (  # noqa: E402
     run_locust,
     worktree,
 )
+
+# All users' calls on one connection (one client process), beside "grpc" (one each).
+GRPC_ONE_CONNECTION = "grpc, 1 connection"
 
 # Process roles, by what their command line contains (first match wins).
 ROLES = (("gateway", ":Gateway"), ("worker", ":worker-"), ("proxy", "ProxyActor"),
@@ -105,12 +110,21 @@ def bench_mode(mode: str, root: Path, workdir: Path, args: argparse.Namespace) -
     server = Server(mode, document, workdir, default_proxy=mode == "default", root=root)
     with server:
         run_locust(port, 4, 3, workdir)  # warm-up, discarded
+        def grpc(users: int, connections: int) -> dict[str, float]:
+            return asyncio.run(closed_loop(
+                lambda: grpc_call(f"127.0.0.1:{grpc_port}", HEADERS, channels=connections),
+                users, args.seconds))
+
+        loads = {
+            "http": lambda u: run_locust(port, u, args.seconds, workdir),
+            "grpc": lambda u: grpc(u, u),
+            GRPC_ONE_CONNECTION: lambda u: grpc(u, 1),
+        }
         for users in args.concurrency:
-            http = measured(server, lambda u=users: run_locust(port, u, args.seconds, workdir))
-            grpc = measured(server, lambda u=users: asyncio.run(closed_loop(
-                lambda: grpc_call(f"127.0.0.1:{grpc_port}", HEADERS, channels=u), u,
-                args.seconds)))
-            for protocol, result in (("http", http), ("grpc", grpc)):
+            for protocol, load in loads.items():
+                if protocol == GRPC_ONE_CONNECTION and users == 1:
+                    continue  # the same as "grpc"
+                result = measured(server, lambda load=load, u=users: load(u))
                 runs.append({"mode": mode, "users": users, "protocol": protocol, **result})
                 print(f"{mode:7s} {protocol:4s} c={users:<3d} "
                       + " ".join(f"{k}={v:.3g}" for k, v in result.items()), flush=True)
@@ -159,8 +173,8 @@ def summarize(runs: list[dict], args: argparse.Namespace) -> str:
         + " | ".join(f"CPU {r}" for r in cpu_roles) + " |",
         "|---" * (8 + len(cpu_roles)) + "|",
     ]
-    for protocol in ("http", "grpc"):
-        for users in args.concurrency:
+    for protocol in dict.fromkeys(r["protocol"] for r in runs):
+        for users in sorted({r["users"] for r in runs if r["protocol"] == protocol}):
             base = median("before", users, protocol, "rps")
             for mode in args.modes:
                 rps = median(mode, users, protocol, "rps")
