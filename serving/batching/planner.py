@@ -224,7 +224,7 @@ class BatchPlanner:
         route = self.router.route(self.queue, now, probe, self.hold.allowance())
         if route.pool is None:
             if route.held:
-                self.hold.holding(route.held)
+                self.hold.holding(route.held, route.wake_at - now)
             return Plan([], None, expired, _finite(min(route.wake_at, earliest_doom)))
         chosen = set(map(id, route.batch))
         self.queue = [e for e in self.queue if id(e) not in chosen]

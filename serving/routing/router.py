@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 
 from serving.batching.entry import Entry
+from serving.batching.hold import HOLD_SHARE
 from serving.routing.pools import PoolState
 
 # How many queued requests one pool's search looks at. Deeper ones are decided once they
@@ -170,7 +171,8 @@ class Router:
 
     def _timing(self, pool: PoolState, batch: list[Entry], now: float, hold_s: float) -> Route:
         """Send now if the batch is full, or if a replica is idle and the batch's wait
-        (``hold_s`` past its oldest member's arrival) is over; else keep growing it until
+        (``hold_s`` past its oldest member's arrival, at most :data:`HOLD_SHARE` of its
+        tightest member's budget) is over; else keep growing it until
         the pool's devices are about to free up (a batch sent earlier would only wait in
         the worker) or waiting longer would lose its earliest deadline."""
         total = sum(e.rows for e in batch)
@@ -180,7 +182,8 @@ class Router:
         first_deadline = min(e.ticket.deadline for e in batch)
         latest_start = first_deadline - pool.cost(total) - self.safety_s
         if idle:
-            until = min(e.ticket.arrival for e in batch) + hold_s
+            wait = min(hold_s, HOLD_SHARE * min(e.ticket.budget_s for e in batch))
+            until = min(e.ticket.arrival for e in batch) + wait
         else:
             until = pool.device_free_at - pool.latency.overhead_s
         send_at = min(latest_start, until)
