@@ -302,8 +302,9 @@ class GatewayConfig(_Strict):
         default=2.0,
         ge=0,
         description="Longest a batch for an idle worker replica may wait for more requests "
-        "(past its oldest one's arrival, never past its deadline). The wait adapts between 0 "
-        "and this to what waiting gains (serving.batching.hold); 0: never wait.",
+        "(past its oldest one's arrival, at most 1% of its tightest latency budget, never past "
+        "its deadline). Batches wait while waiting gains rows (serving.batching.hold); 0: "
+        "never wait.",
     )
     deadline_margin_ms: float = Field(
         default=1.0,
