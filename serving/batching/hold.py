@@ -10,9 +10,9 @@ requests arrive meanwhile, and a lone client, waiting for its own answer, only l
 So the hold follows what waiting gains: the rows that arrived per second of waiting, over
 the last ~10 waits (time-weighted: a long wait counts for more than a short probe; each
 counted over the wait it had left when planned, since under load part of the allowance is
-gone before the batch is planned). While a
-full wait of ``max_s`` would gain a row at that rate, batches wait ``max_s``; else they go at
-once, and one batch in :data:`PROBE_EVERY` waits ``min_s`` to notice when waiting pays again.
+gone before the batch is planned). While a full wait of ``max_s`` would gain a row at that
+rate, batches wait ``max_s``; else they go at once, and one batch in :data:`PROBE_EVERY`
+waits ``min_s`` to notice when waiting pays again.
 An earlier rule doubled the wait after each wait that gained a row and halved it after one
 that did not: at 735 arrivals a second a 0.25 ms probe gains a row one time in six, so the
 wait stayed off where a 2 ms wait would have gained 1.5 rows (32 gRPC clients on their own
