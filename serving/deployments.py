@@ -43,7 +43,6 @@ from serving.runtimes.emulated import EmulatedRuntime
 from serving.runtimes.onnx import OnnxRuntime
 from serving.runtimes.triton import TritonRuntime
 from serving.server import Ingress, Listen
-from serving.server.limits import STAY_SHARE
 from serving.transport import BatchServer
 from serving.types import WorkItem
 from serving.worker import Result, Worker
@@ -170,8 +169,7 @@ class Gateway:
                 max_in_flight=config.gateway_max_ongoing_requests,
                 max_connections=config.gateway_max_connections,
                 max_message_bytes=config.max_request_bytes,
-                stay_target_s=STAY_SHARE * min(
-                    c.latency_ms for c in config.slo_classes.values()) / 1e3,
+                tightest_slo_s=min(c.latency_ms for c in config.slo_classes.values()) / 1e3,
             )
             await self.ingress.start()  # OSError (address in use...): the replica fails
         # What exists now lives as long as the replica (Ray's, the models', the servers'):

@@ -13,7 +13,7 @@ from serving.protocol.grpc import GrpcAdapter
 from serving.protocol.rest import RestAdapter
 from serving.server.grpc import GrpcServer, Servicer
 from serving.server.http import HttpApp, HttpServer
-from serving.server.limits import InFlightCap
+from serving.server.limits import STAY_SHARE, InFlightCap
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +30,10 @@ class Ingress:
 
     def __init__(self, rest: RestAdapter, grpc: GrpcAdapter, listen: Listen, *,
                  max_in_flight: int, max_connections: int, max_message_bytes: int,
-                 stay_target_s: float | None = None) -> None:
-        self.cap = InFlightCap(max_in_flight, target_s=stay_target_s)
+                 tightest_slo_s: float | None = None) -> None:
+        # With the tightest SLO known, the cap adapts to how long requests stay (limits.py).
+        target_s = None if tightest_slo_s is None else STAY_SHARE * tightest_slo_s
+        self.cap = InFlightCap(max_in_flight, target_s=target_s)
         self.http = HttpServer(HttpApp(rest, self.cap), listen.host, listen.http_port,
                                max_connections=max_connections)
         self.grpc = None
