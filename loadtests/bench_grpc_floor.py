@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from loadtests.bench_grpc import HEADERS, closed_loop, grpc_call  # noqa: E402
-from loadtests.harness import free_port  # noqa: E402
+from loadtests.harness import cpu_s, free_port  # noqa: E402
 
 
 def serve(port: int, hold_s: float) -> None:
@@ -71,12 +71,6 @@ def serve(port: int, hold_s: float) -> None:
         await server.stop(1)
 
     uvloop.run(main())
-
-
-def cpu_s(process: psutil.Process) -> float:
-    """User + system CPU seconds of ``process`` so far."""
-    times = process.cpu_times()
-    return times.user + times.system
 
 
 def measure(hold_ms: float, users: int, seconds: float) -> dict[str, float]:

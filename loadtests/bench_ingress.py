@@ -46,6 +46,7 @@ from loadtests.bench_slo import BEFORE  # noqa: E402
 from loadtests.harness import (  # noqa: E402
     RESULTS,
     Server,
+    cpu_s,
     free_port,
     gateway_config,
     run_locust,
@@ -71,11 +72,11 @@ def server_cpu(server: Server) -> dict[str, float]:
     totals: dict[str, float] = {}
     for process in [root, *root.children(recursive=True)]:
         try:
-            times = process.cpu_times()
+            seconds = cpu_s(process)
             name = role(" ".join(process.cmdline()))
         except psutil.Error:
             continue
-        totals[name] = totals.get(name, 0.0) + times.user + times.system
+        totals[name] = totals.get(name, 0.0) + seconds
     return totals
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import yaml
 
 from serving import processes
@@ -55,6 +56,12 @@ def _ephemeral_low() -> int:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return 32768
+
+
+def cpu_s(process: psutil.Process) -> float:
+    """User + system CPU seconds of ``process`` so far."""
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 def gateway_config(port: int, models: list[str], grpc_port: int | None = None, *,
