@@ -47,7 +47,7 @@ from serving.types import (
 logger = logging.getLogger(__name__)
 EXTENSIONS = ["binary_tensor_data", "statistics"]
 READY_POLL_S = 0.1  # readiness changes at each refresh of the pools (once a second)
-LAG_REPORT_S = 1.0  # how often the event loop's worst lag goes to its gauge
+LAG_REPORT_S = 1.0  # how often the loop's worst lag goes to its gauge and metrics to their files
 # What an early refusal judges: a request of one row, the fewest any request can have.
 _ONE_ROW = WorkItem("early-check", {})
 # Generated request ids: 16 random hex digits per process, then a counter (32 in all, as a
@@ -116,11 +116,13 @@ class DataPlane:
             self._lag_report = None
         self.loop_lag.stop()
         await self.fleet.stop()
+        metrics.flush()
 
     def _report_lag(self) -> None:
         # On a timer, not at each scrape: with several replicas a scrape reaches one, and
-        # the others' values would date from their own last scrape.
+        # the others' values would date from their own last scrape (so do their flushes).
         metrics.EVENT_LOOP_LAG.set(self.loop_lag.worst())
+        metrics.flush()
         self._lag_report = asyncio.get_running_loop().call_later(
             self.lag_report_s, self._report_lag)
 

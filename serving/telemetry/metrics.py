@@ -26,6 +26,7 @@ from serving.telemetry import shared
 # Values are written to the directory from the first metric on: it must exist before them.
 if os.environ.get(shared.DIR_ENV):
     shared.prepare(os.environ[shared.DIR_ENV])
+    shared.defer_writes()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 UNKNOWN_MODEL = "<unknown>"  # label for requests naming no configured model (bounded cardinality)
@@ -239,9 +240,17 @@ def track_request(model: str, protocol: str) -> Iterator[None]:
         observe_request(model, protocol, status, time.monotonic() - start)
 
 
+def flush() -> None:
+    """Write the values changed since the last flush to the replicas' shared directory (in
+    multiprocess mode, where writes are deferred; a no-op otherwise)."""
+    shared.flush()
+
+
 def exposition() -> tuple[bytes, str]:
     """The text exposition of every metric (of every replica sharing the directory, if
     one is set), and its content type."""
     directory = os.environ.get(shared.DIR_ENV)
+    if directory:
+        flush()
     registry = shared.registry(directory) if directory else REGISTRY
     return _generate(registry), CONTENT_TYPE_LATEST

@@ -4,6 +4,12 @@ reaches any one of them, and it must report them all.
 Each replica keeps its metric values in files of one directory per deployment
 (prometheus_client's multiprocess mode, switched on by :data:`DIR_ENV` in the replica's
 environment before prometheus_client is imported); :func:`registry` reads them all.
+
+prometheus_client writes each change to its file at once (a lock, a pid check and an mmap
+write per value: a histogram observation is two), a tenth of the gateway's CPU per gRPC
+call. :func:`defer_writes` keeps changes in memory until :func:`flush`, which the gateway
+calls on a timer and before each scrape: a scrape sees its own replica's values as they
+are and the other replicas' as of their last flush.
 """
 
 from __future__ import annotations
@@ -11,12 +17,55 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import uuid
+from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own switch
+
+_lock = threading.Lock()  # values may change on any thread
+_dirty: set[Any] = set()  # the values changed since the last flush
+_written = values.ValueClass  # the class whose set() writes a value to its file
+
+
+def defer_writes() -> None:
+    """Metrics created from now on keep their changes in memory until :func:`flush`. Call
+    before the first metric is created, in multiprocess mode only (a no-op otherwise)."""
+    global _written
+    base = values.ValueClass
+    if not getattr(base, "_multiprocess", False) or getattr(base, "_deferred", False):
+        return
+
+    class DeferredValue(base):  # type: ignore[misc, valid-type]
+        _deferred = True
+
+        def inc(self, amount: float) -> None:
+            with _lock:
+                self._value += amount
+                _dirty.add(self)
+
+        def set(self, value: float, timestamp: float | None = None) -> None:
+            with _lock:
+                self._value = value
+                _dirty.add(self)
+
+        def get(self) -> float:
+            return self._value
+
+    _written = base
+    values.ValueClass = DeferredValue
+
+
+def flush() -> None:
+    """Write every value changed since the last flush to its file."""
+    with _lock:
+        changed = list(_dirty)
+        _dirty.clear()
+        for value in changed:
+            _written.set(value, value._value)
 
 
 def new_dir() -> str:

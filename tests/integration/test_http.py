@@ -183,7 +183,7 @@ def test_two_gateway_replicas_share_the_port_and_report_their_metrics_as_one(
     """Both replicas serve one port; a scrape lands on either and must count every request.
     Each request and scrape comes on a fresh connection, which the kernel gives to either
     replica: without shared metrics a scrape would count about half (all 24 requests on
-    one replica has odds of 2 in 2**24)."""
+    one replica has odds of 2 in 2**24), and never all 24."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
     from ray import serve
@@ -211,13 +211,18 @@ def test_two_gateway_replicas_share_the_port_and_report_their_metrics_as_one(
                 answer = httpx.post(f"http://{url}/v2/models/digits/infer", json=body,
                                     timeout=30)
             assert answer.status_code == 200, answer.text
-        for _ in range(6):
+
+        def counted() -> float:
             text = httpx.get(f"http://{url}/metrics").text
-            counted = sum(s.value for family in text_string_to_metric_families(text)
-                          for s in family.samples
-                          if s.name == "serving_requests_total"
-                          and s.labels == {"model": "digits", "protocol": "http",
-                                           "outcome": "ok"})
-            assert counted == 24
+            return sum(s.value for family in text_string_to_metric_families(text)
+                       for s in family.samples
+                       if s.name == "serving_requests_total"
+                       and s.labels == {"model": "digits", "protocol": "http", "outcome": "ok"})
+
+        # The other replica's values reach the shared files at its next flush (1 s).
+        flushed_by = time.monotonic() + 5
+        while counted() < 24 and time.monotonic() < flushed_by:
+            time.sleep(0.2)
+        assert [counted() for _ in range(6)] == [24] * 6
     finally:
         serve.delete("two-gateways")

@@ -12,19 +12,22 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from serving.telemetry import shared
 
-# One replica: counts ``n`` answered requests, sets its queue depth, prints its pid, and,
-# if told to, stays alive until its stdin closes.
+# One replica: counts ``n`` answered requests, sets its queue depth, flushes if told to,
+# prints its pid, then flushes again for each line on its stdin until it closes.
 REPLICA = """
 import sys
 from http import HTTPStatus
 from serving.telemetry import metrics
-n, depth, stay = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3] == "stay"
+n, depth = int(sys.argv[1]), float(sys.argv[2])
 for _ in range(n):
     metrics.observe_request("digits", "http", HTTPStatus.OK, 0.002)
 metrics.child(metrics.QUEUE_DEPTH, "digits").set(depth)
+if sys.argv[3] == "flush":
+    metrics.flush()
 print(__import__("os").getpid(), flush=True)
-if stay:
-    sys.stdin.read()
+for _ in sys.stdin:
+    metrics.flush()
+    print("flushed", flush=True)
 """
 EXPOSE = "from serving.telemetry import metrics; print(metrics.exposition()[0].decode())"
 
@@ -33,12 +36,17 @@ def env(directory: Path) -> dict[str, str]:
     return {**os.environ, shared.DIR_ENV: str(directory)}
 
 
-def replica(directory: Path, n: int, depth: float, *, stay: bool) -> subprocess.Popen:
+def replica(directory: Path, n: int, depth: float, *, stay: bool,
+            flush: bool = True) -> subprocess.Popen:
+    """A replica process whose values are set (and written, if ``flush``); one that does
+    not ``stay`` ends at once."""
     process = subprocess.Popen([sys.executable, "-c", REPLICA, str(n), str(depth),
-                                "stay" if stay else "end"], env=env(directory),
+                                "flush" if flush else "hold"], env=env(directory),
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    process.stdout.readline()  # its values are written
+    assert process.stdin is not None and process.stdout is not None
+    process.stdout.readline()  # its values are set
+    if not stay:
+        process.stdin.close()
     return process
 
 
@@ -65,6 +73,22 @@ def test_a_scrape_sums_every_replica_and_drops_the_gauges_of_ended_ones(
         found = scrape(directory)
         assert found[OK] == 7 and found[LATENCY] == 7  # an ended replica's counts stay
         assert found[DEPTH] == 5  # its queue does not
+    finally:
+        live.communicate("", timeout=10)
+
+
+def test_a_replica_writes_its_values_when_it_flushes_not_at_each_change(
+        tmp_path: Path) -> None:
+    directory = tmp_path / "metrics" / "deployment"
+    live = replica(directory, 3, 5, stay=True, flush=False)
+    assert live.stdin is not None and live.stdout is not None
+    try:
+        assert scrape(directory).get(OK, 0) == 0  # counted in its memory only
+        live.stdin.write("flush\n")
+        live.stdin.flush()
+        assert live.stdout.readline() == "flushed\n"
+        found = scrape(directory)
+        assert found[OK] == 3 and found[LATENCY] == 3 and found[DEPTH] == 5
     finally:
         live.communicate("", timeout=10)
 
