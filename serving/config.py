@@ -299,12 +299,12 @@ class GatewayConfig(_Strict):
         description="Pools with min_replicas < max_replicas scale with the gateway's demand.",
     )
     batch_hold_max_ms: float = Field(
-        default=2.0,
+        default=4.0,
         ge=0,
         description="Longest a batch for an idle worker replica may wait for more requests "
         "(past its oldest one's arrival, at most 1% of its tightest latency budget, never past "
-        "its deadline). Batches wait while waiting gains rows (serving.batching.hold); 0: "
-        "never wait.",
+        "its deadline). Batches wait while waiting gains rows (serving.batching.hold) and the "
+        "CPU is scarce, longer the longer it stays full (serving.cpupressure); 0: never wait.",
     )
     deadline_margin_ms: float = Field(
         default=1.0,

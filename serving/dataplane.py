@@ -18,6 +18,7 @@ from serving.batching.merge import rows
 from serving.batching.planner import BatchPlanner
 from serving.batching.queue import BatchQueue
 from serving.config import GatewayConfig, ModelSpec, TensorSpec
+from serving.cpupressure import CpuPressure
 from serving.datatypes import oip_datatype
 from serving.errors import (
     DeadlineExceeded,
@@ -81,6 +82,7 @@ class DataPlane:
         self.fleet = Fleet(config, specs, workers)
         self.stats = {name: ModelStats(name, spec.version) for name, spec in specs.items()}
         self.loop_lag = LoopLag()
+        self.pressure = CpuPressure()
         self.lag_report_s = lag_report_s
         self._lag_report: asyncio.TimerHandle | None = None
         self.shedder = Shedder(lag=lambda: self.loop_lag.delay_s)
@@ -99,6 +101,7 @@ class DataPlane:
                     max_queued=config.max_queued_per_model,
                     safety_s=config.deadline_margin_ms / 1e3,
                     hold_max_s=config.batch_hold_max_ms / 1e3,
+                    hold_factor=lambda: self.pressure.hold_factor,
                 ),
                 stats=self.stats[name],
             )
@@ -108,6 +111,7 @@ class DataPlane:
     def start(self) -> None:
         self.fleet.start()
         self.loop_lag.start()
+        self.pressure.start()
         self._report_lag()
 
     async def stop(self) -> None:
@@ -115,6 +119,7 @@ class DataPlane:
             self._lag_report.cancel()
             self._lag_report = None
         self.loop_lag.stop()
+        self.pressure.stop()
         await self.fleet.stop()
         metrics.flush()
 

@@ -17,7 +17,8 @@ An earlier rule doubled the wait after each wait that gained a row and halved it
 that did not: at 735 arrivals a second a 0.25 ms probe gains a row one time in six, so the
 wait stayed off where a 2 ms wait would have gained 1.5 rows (32 gRPC clients on their own
 connections ran in batches of 1.13-1.26 rows). The router caps each wait at
-:data:`HOLD_SHARE` of the batch's tightest budget.
+:data:`HOLD_SHARE` of the batch's tightest budget, and the planner scales it by how scarce
+the CPU is (:mod:`serving.cpupressure`): while it has room, batches go at once.
 """
 
 from __future__ import annotations
@@ -48,10 +49,14 @@ class AdaptiveHold:
         self._gained = 0.0  # rows that arrived while batches waited (decayed per wait)
         self._waited_s = 0.0  # how long they waited (decayed alike)
 
-    def allowance(self) -> float:
-        """Seconds the next batch for an idle replica may wait for more rows (0: none)."""
+    def allowance(self, factor: float = 1.0) -> float:
+        """Seconds the next batch for an idle replica may wait for more rows (0: none), at
+        most ``factor`` (0 to 1) of the longest: waiting saves CPU and costs latency, and
+        the caller knows how scarce the CPU is."""
+        if factor <= 0:
+            return 0.0
         if self.hold_s or not self.max_s:
-            return self.hold_s
+            return self.hold_s * factor
         return self.min_s if self._unheld >= PROBE_EVERY else 0.0
 
     def holding(self, rows: int, wait_s: float) -> None:

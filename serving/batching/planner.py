@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from serving.batching.entry import Entry
@@ -48,6 +49,7 @@ class BatchPlanner:
         max_queued: int,
         safety_s: float = 0.001,
         hold_max_s: float = 0.0,
+        hold_factor: Callable[[], float] = lambda: 1.0,
     ) -> None:
         if min(max_rows, max_queued) < 1:
             raise ValueError(f"max_rows={max_rows} and max_queued={max_queued} must be >= 1")
@@ -56,6 +58,8 @@ class BatchPlanner:
         self.max_rows = max_rows
         self.max_queued = max_queued
         self.hold = AdaptiveHold(hold_max_s)
+        # Holding batches saves CPU: worth it only while the CPU is scarce (0 to 1).
+        self.hold_factor = hold_factor
         self.queue: list[Entry] = []  # sorted by Entry.key
         self._widest_rows = max_rows  # no queued entry has more rows (bounds its cost)
         # Bumped by every change to the queue and every plan (one follows each completion).
@@ -221,7 +225,7 @@ class BatchPlanner:
         if not self.queue:
             self.hold.forget()
             return Plan([], None, expired, None)
-        route = self.router.route(self.queue, now, probe, self.hold.allowance())
+        route = self.router.route(self.queue, now, probe, self.hold.allowance(self.hold_factor()))
         if route.pool is None:
             if route.held:
                 self.hold.holding(route.held, route.wake_at - now)

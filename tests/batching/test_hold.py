@@ -134,3 +134,31 @@ def test_a_lone_request_waits_in_vain_and_the_hold_turns_off() -> None:
     assert p.hold.allowance() == 0.0  # the next one goes at once
     p.admit(entry(2, 500, now=1.0), 1.0)
     assert names(p.plan(1.0).batch) == [2]
+
+
+def test_the_callers_factor_shortens_the_wait_and_zero_ends_it_probes_included() -> None:
+    hold = AdaptiveHold(4 * MS)
+    hold.hold_s = 4 * MS
+    assert hold.allowance(0.5) == 2 * MS
+    assert hold.allowance(0.0) == 0.0
+    hold.hold_s = 0.0
+    for _ in range(PROBE_EVERY):
+        hold.sent(1)
+    assert hold.allowance(0.0) == 0.0  # no probe either
+    assert hold.allowance(0.5) == MIN_HOLD_S
+
+
+def test_a_batch_goes_at_once_while_the_cpu_has_room() -> None:
+    """Regression: two closed-loop clients on one replica lost 30% of their calls/s to
+    holds (each wait gained the other's request, then waited out the rest), with the CPU
+    idle a third of the time; the planner now asks how scarce the CPU is first."""
+    factor = [0.0]
+    p = BatchPlanner([pool(replicas=2)], max_rows=8, max_queued=100, safety_s=0.0,
+                     hold_max_s=2 * MS, hold_factor=lambda: factor[0])
+    p.hold.hold_s = 2 * MS
+    p.admit(entry(1, 500), 0.0)
+    assert names(p.plan(0.0).batch) == [1]  # the other replica stays idle
+    factor[0] = 1.0
+    p.admit(entry(2, 500, now=1.0), 1.0)
+    plan = p.plan(1.0)
+    assert plan.batch == [] and plan.wake_at == pytest.approx(1.0 + 2 * MS)
