@@ -7,13 +7,15 @@ Measured on a 2-core machine (gRPC closed loop, ``batch`` class, 2 gateway repli
 clients did 1,060 calls/s with no hold and 750 with 2 ms holds, the node 70% busy without
 them; 8 clients did 1,640 with 2 ms holds and 1,500 without (node 84% and 97% busy), but
 1,500 with 4 ms holds, which left the node idle a third of the time; 32 clients did 2,280
-with 4 ms holds. So the factor rises from 0 at :data:`LOW_SHARE` busy to 1 at
-:data:`HIGH_SHARE`: the holds grow while the CPU stays full and shrink as they free it. The
-loop's own thread counts too: a replica whose core is full on a node with cores to spare is
-as limited. The node's share comes from ``/proc/stat`` (Linux; the thread's alone
-elsewhere). In a container with a CPU quota neither sees the quota: the holds then grow
-only as the loop's thread fills.
+with 4 ms holds. So the factor doubles (from :data:`MIN_FACTOR` up to 1) each period the
+CPU is at least :data:`HIGH_SHARE` busy, halves (down to 0) each period it is below
+:data:`LOW_SHARE`, and stays between: the holds grow while the CPU stays full, shrink as
+they free it, and never start on a latency-bound loop. The loop's own thread counts too: a
+replica whose core is full on a node with cores to spare is as limited. The node's share
+comes from ``/proc/stat`` (Linux; the thread's alone elsewhere). In a container with a CPU
+quota neither sees the quota: the holds then grow only as the loop's thread fills.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -6,10 +6,10 @@ Each replica keeps its metric values in files of one directory per deployment
 environment before prometheus_client is imported); :func:`registry` reads them all.
 
 prometheus_client writes each change to its file at once (a lock, a pid check and an mmap
-write per value: a histogram observation is two), a tenth of the gateway's CPU per gRPC
-call. :func:`defer_writes` keeps changes in memory until :func:`flush`, which the gateway
-calls on a timer and before each scrape: a scrape sees its own replica's values as they
-are and the other replicas' as of their last flush.
+write per value: a histogram observation is two), ~6% of the gateway's CPU per gRPC call
+(0.63 ms against 0.59 deferred, 32 clients). :func:`defer_writes` keeps changes in memory
+until :func:`flush`, which the gateway calls on a timer and before each scrape: a scrape
+sees its own replica's values as they are and the other replicas' as of their last flush.
 """
 
 from __future__ import annotations
