@@ -48,7 +48,7 @@ from serving.types import (
 logger = logging.getLogger(__name__)
 EXTENSIONS = ["binary_tensor_data", "statistics"]
 READY_POLL_S = 0.1  # readiness changes at each refresh of the pools (once a second)
-LAG_REPORT_S = 1.0  # how often the loop's worst lag goes to its gauge and metrics to their files
+REPORT_S = 1.0  # how often the loop's worst lag goes to its gauge and metrics to their files
 # What an early refusal judges: a request of one row, the fewest any request can have.
 _ONE_ROW = WorkItem("early-check", {})
 # Generated request ids: 16 random hex digits per process, then a counter (32 in all, as a
@@ -74,7 +74,7 @@ class DataPlane:
 
     def __init__(
         self, config: GatewayConfig, specs: dict[str, ModelSpec], workers: Workers, *,
-        lag_report_s: float = LAG_REPORT_S,
+        report_s: float = REPORT_S,
     ) -> None:
         self.config = config
         self.specs = specs
@@ -83,8 +83,8 @@ class DataPlane:
         self.stats = {name: ModelStats(name, spec.version) for name, spec in specs.items()}
         self.loop_lag = LoopLag()
         self.pressure = CpuPressure()
-        self.lag_report_s = lag_report_s
-        self._lag_report: asyncio.TimerHandle | None = None
+        self.report_s = report_s
+        self._report_handle: asyncio.TimerHandle | None = None
         self.shedder = Shedder(lag=lambda: self.loop_lag.delay_s)
         self.demand = DemandMeter(
             self.fleet.states,
@@ -112,24 +112,24 @@ class DataPlane:
         self.fleet.start()
         self.loop_lag.start()
         self.pressure.start()
-        self._report_lag()
+        self._report()
 
     async def stop(self) -> None:
-        if self._lag_report is not None:
-            self._lag_report.cancel()
-            self._lag_report = None
+        if self._report_handle is not None:
+            self._report_handle.cancel()
+            self._report_handle = None
         self.loop_lag.stop()
         self.pressure.stop()
         await self.fleet.stop()
         metrics.flush()
 
-    def _report_lag(self) -> None:
+    def _report(self) -> None:
         # On a timer, not at each scrape: with several replicas a scrape reaches one, and
         # the others' values would date from their own last scrape (so do their flushes).
         metrics.EVENT_LOOP_LAG.set(self.loop_lag.worst())
         metrics.flush()
-        self._lag_report = asyncio.get_running_loop().call_later(
-            self.lag_report_s, self._report_lag)
+        self._report_handle = asyncio.get_running_loop().call_later(
+            self.report_s, self._report)
 
     def arrival(self) -> float:
         """When a request the servers are reading now most likely reached this replica:

@@ -78,7 +78,7 @@ def test_a_stalled_loop_shows_in_the_lag_gauge_without_a_scrape(
         return metrics.REGISTRY.get_sample_value("serving_event_loop_lag_seconds") or 0.0
 
     async def scenario() -> tuple[float, float]:
-        async with started(model_repository, workers, lag_report_s=0.5):
+        async with started(model_repository, workers, report_s=0.5):
             idle = gauge()  # reported at the start
             time.sleep(0.15)  # the loop held: its next tick is that late
             await asyncio.sleep(0.6)  # the report at 0.5 s saw it; the next comes at 1 s
