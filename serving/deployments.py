@@ -36,6 +36,7 @@ from serving.placement import (
     worker_options,
 )
 from serving.protocol.grpc import SERVICER_FUNCTION, UNARY_METHODS, Encoded, GrpcAdapter
+from serving.protocol.messages import serve_starlette
 from serving.protocol.rest import RestAdapter
 from serving.repository import load_repository
 from serving.runtimes.base import Runtime
@@ -190,7 +191,7 @@ class Gateway:
         await self.stop()
 
     async def __call__(self, request: Request) -> Response:
-        return await self.rest.handle(request)
+        return await serve_starlette(self.rest.handle, request, self.rest.max_request_bytes)
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Demand for the pool autoscaler (:mod:`serving.autoscaler`), polled by Serve."""

@@ -8,23 +8,22 @@ and a body-size limit. Every error becomes ``{"error": "..."}`` with the status 
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
 from pydantic import ValidationError
-from starlette.requests import Request
-from starlette.responses import Response
+from pydantic_core import to_json
 
 from serving import datatypes
 from serving.dataplane import DataPlane
 from serving.errors import InvalidRequest, PayloadTooLarge, ServingError
 from serving.protocol import tensors
+from serving.protocol.messages import HttpRequest, HttpResponse, error_response, json_response
 from serving.protocol.types import InferenceRequest
 from serving.slo import HEADER as SLO_HEADER
 from serving.slo import RESIDENCY_HEADER
@@ -34,42 +33,20 @@ from serving.types import InferRequest, InferResult
 logger = logging.getLogger(__name__)
 
 HEADER_LENGTH = "inference-header-content-length"
-JSON = "application/json"
-Handler = Callable[..., Awaitable[Response]]
+Handler = Callable[..., Awaitable[HttpResponse]]
 _MODEL = r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 # ASCII digits only: str.isdigit() also accepts digits such as "²", which int() refuses.
 _LENGTH = re.compile(r"[0-9]{1,18}")
 _DECOMPRESSORS: dict[str, int] = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 _INFER = re.compile(_MODEL + r"/infer")
-ARRIVAL = "serving.arrival"  # scope key: DataPlane.arrival() when the request was first seen
 
 
-def _inferred_model(scope: dict[str, Any]) -> str | None:
+def _inferred_model(request: HttpRequest) -> str | None:
     """The model an inference request (``POST .../infer``) names; None for anything else."""
-    if scope["method"] != "POST":
+    if request.method != "POST":
         return None
-    match = _INFER.fullmatch(scope["path"])
+    match = _INFER.fullmatch(request.path)
     return None if match is None else match["model"]
-
-
-def json_response(
-    payload: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> Response:
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    return Response(body, status_code=status, media_type=JSON, headers=headers)
-
-
-def retry_after(error: ServingError) -> str | None:
-    """The ``Retry-After`` header of ``error``'s answer (whole seconds, at least 1), if any."""
-    if error.retry_after_s is None:
-        return None
-    return str(max(1, round(error.retry_after_s)))
-
-
-def error_response(error: ServingError) -> Response:
-    seconds = retry_after(error)
-    headers = None if seconds is None else {"Retry-After": seconds}
-    return json_response({"error": error.message}, int(error.status), headers)
 
 
 class RestAdapter:
@@ -79,6 +56,7 @@ class RestAdapter:
         self.dataplane = dataplane
         self.max_request_bytes = max_request_bytes
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = [
+            ("POST", _INFER, self.infer),  # first: nearly every request is one
             ("GET", re.compile(r"/v2/?"), self.server_metadata),
             ("GET", re.compile(r"/v2/health/live"), self.live),
             ("GET", re.compile(r"/v2/health/ready"), self.ready),
@@ -86,16 +64,12 @@ class RestAdapter:
             ("GET", re.compile(_MODEL + r"/?"), self.model_metadata),
             ("GET", re.compile(_MODEL + r"/ready"), self.model_ready),
             ("GET", re.compile(_MODEL + r"/stats"), self.statistics),
-            ("POST", _INFER, self.infer),
             ("GET", re.compile(r"/metrics"), self.metrics),
         ]
 
-    async def handle(self, request: Request) -> Response:
+    async def handle(self, request: HttpRequest) -> HttpResponse:
         """Answer one HTTP request; never raises."""
-        path, method = request.scope["path"], request.method
-        root = request.scope.get("root_path", "")
-        if root and path.startswith(root):  # an application under a route prefix
-            path = path[len(root) :] or "/"
+        path, method = request.path, request.method
         allowed = []
         for route_method, pattern, handler in self.routes:
             match = pattern.fullmatch(path)
@@ -119,24 +93,23 @@ class RestAdapter:
             )
         return json_response({"error": f"no route for {method} {path}"}, 404)
 
-    def urgent(self, scope: dict[str, Any], headers: Mapping[str, str]) -> bool:
+    def urgent(self, request: HttpRequest) -> bool:
         """Whether the request may take the in-flight places kept for the most important
         SLO class: an inference of that class (by its headers), or anything else."""
-        model = _inferred_model(scope)
-        return model is None or self.dataplane.urgent(model, headers.get(SLO_HEADER))
+        model = _inferred_model(request)
+        return model is None or self.dataplane.urgent(model, request.headers.get(SLO_HEADER))
 
-    def refuse_early(
-        self, scope: dict[str, Any], headers: Mapping[str, str]
-    ) -> ServingError | None:
+    def refuse_early(self, request: HttpRequest) -> ServingError | None:
         """The error to answer an inference request with, decided from its path and headers
-        (``headers``: lowercase names) alone: 413 for a declared body over the limit, 503 if
-        the data plane would refuse it whatever its body (:meth:`DataPlane.refuse_early`);
+        alone (its body not read yet): 413 for a declared body over the limit, 503 if the
+        data plane would refuse it whatever its body (:meth:`DataPlane.refuse_early`);
         ``None`` to go on and read it. Counts a refusal among the requests answered; notes
-        when the request arrived (``scope[ARRIVAL]``), for its deadline."""
-        model = _inferred_model(scope)
+        when the request arrived (``request.arrival``), for its deadline."""
+        model = _inferred_model(request)
         if model is None:
             return None
-        arrival = scope[ARRIVAL] = self.dataplane.arrival()
+        headers = request.headers
+        arrival = request.arrival = self.dataplane.arrival()
         try:
             self._check_declared_length(headers.get("content-length"))
             self.dataplane.refuse_early(
@@ -151,45 +124,51 @@ class RestAdapter:
             return error.with_traceback(None)
         return None
 
-    async def server_metadata(self, request: Request) -> Response:
+    async def server_metadata(self, request: HttpRequest) -> HttpResponse:
         return json_response(asdict(self.dataplane.server_metadata()))
 
-    async def live(self, request: Request) -> Response:
+    async def live(self, request: HttpRequest) -> HttpResponse:
         return json_response({"live": self.dataplane.live()})
 
-    async def ready(self, request: Request) -> Response:
+    async def ready(self, request: HttpRequest) -> HttpResponse:
         ready, reasons = await self.dataplane.ready()
         if ready:
             return json_response({"ready": True})
         return json_response({"ready": False, "models": reasons}, 503)
 
-    async def model_metadata(self, request: Request, model: str, version: str | None) -> Response:
+    async def model_metadata(
+        self, request: HttpRequest, model: str, version: str | None
+    ) -> HttpResponse:
         return json_response(asdict(self.dataplane.model_metadata(model, version)))
 
-    async def model_ready(self, request: Request, model: str, version: str | None) -> Response:
+    async def model_ready(
+        self, request: HttpRequest, model: str, version: str | None
+    ) -> HttpResponse:
         ready, reason = await self.dataplane.model_ready(model, version)
         if ready:
             return json_response({"name": model, "ready": True})
         return json_response({"name": model, "ready": False, "reason": reason}, 503)
 
     async def statistics(
-        self, request: Request, model: str = "", version: str | None = None
-    ) -> Response:
+        self, request: HttpRequest, model: str = "", version: str | None = None
+    ) -> HttpResponse:
         return json_response(self.dataplane.statistics(model, version))
 
-    async def metrics(self, request: Request) -> Response:
+    async def metrics(self, request: HttpRequest) -> HttpResponse:
         body, content_type = self.dataplane.metrics()
-        return Response(body, media_type=content_type)
+        return HttpResponse(200, body, content_type)
 
-    async def infer(self, request: Request, model: str, version: str | None) -> Response:
+    async def infer(
+        self, request: HttpRequest, model: str, version: str | None
+    ) -> HttpResponse:
         with metrics.track_request(self.dataplane.model_label(model), "http"):
-            body = await self._read_body(request)
+            headers = request.headers
             infer_request, binary_outputs = decode_infer_request(
-                body, request.headers.get(HEADER_LENGTH), model, version
+                self._plain_body(request), headers.get(HEADER_LENGTH), model, version
             )
-            infer_request.slo_class = request.headers.get(SLO_HEADER)
-            infer_request.residency = request.headers.get(RESIDENCY_HEADER)
-            infer_request.arrival = request.scope.get(ARRIVAL)
+            infer_request.slo_class = headers.get(SLO_HEADER)
+            infer_request.residency = headers.get(RESIDENCY_HEADER)
+            infer_request.arrival = request.arrival
             result = await self.dataplane.infer(infer_request)
             return encode_infer_response(result, binary_outputs)
 
@@ -201,16 +180,12 @@ class RestAdapter:
                 f"request body of {declared} bytes exceeds the {limit}-byte limit"
             )
 
-    async def _read_body(self, request: Request) -> bytes:
-        limit = self.max_request_bytes
+    def _plain_body(self, request: HttpRequest) -> bytes:
+        """The body, decompressed; :class:`PayloadTooLarge` past the limit either way."""
+        limit, body = self.max_request_bytes, request.body
         self._check_declared_length(request.headers.get("content-length"))
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
-            chunks.append(chunk)
-        body = b"".join(chunks)
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
         encoding = request.headers.get("content-encoding", "identity").lower()
         if encoding in ("", "identity"):
             return body
@@ -300,7 +275,7 @@ def decode_infer_request(
     return request, binary if requested else {"*": default_binary}
 
 
-def encode_infer_response(result: InferResult, binary: dict[str, bool]) -> Response:
+def encode_infer_response(result: InferResult, binary: dict[str, bool]) -> HttpResponse:
     """JSON response, or JSON header + raw tensors when any output asked for binary data."""
     default = binary.get("*", False)
     outputs, blobs = [], []
@@ -324,11 +299,8 @@ def encode_infer_response(result: InferResult, binary: dict[str, bool]) -> Respo
     }
     if result.id is not None:
         payload["id"] = result.id
-    header = json.dumps(payload, separators=(",", ":")).encode()
+    header = to_json(payload)
     if not blobs:
-        return Response(header, media_type=JSON)
-    return Response(
-        b"".join([header, *blobs]),
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(len(header))},
-    )
+        return HttpResponse(200, header)
+    return HttpResponse(200, b"".join([header, *blobs]), "application/octet-stream",
+                        {"Inference-Header-Content-Length": str(len(header))})

@@ -18,15 +18,19 @@ import asyncio
 import logging
 from collections import deque
 from http import HTTPStatus
-from typing import Any
 from urllib.parse import unquote
 
 import httptools
-from starlette.requests import Request
-from starlette.responses import Response
 
 from serving.errors import InvalidRequest, Overloaded, PayloadTooLarge, ServingError
-from serving.protocol.rest import RestAdapter, error_response, json_response, retry_after
+from serving.protocol.messages import (
+    HttpRequest,
+    HttpResponse,
+    error_response,
+    json_response,
+    retry_after,
+)
+from serving.protocol.rest import RestAdapter
 from serving.server.limits import InFlightCap
 from serving.server.sockets import Acceptor, listen
 from serving.telemetry import metrics
@@ -41,15 +45,19 @@ _REFUSALS: dict[tuple[int, str, str | None, bool], bytes] = {}  # see refusal()
 _MAX_REFUSALS = 512
 
 
-def encode(response: Response, *, close: bool) -> bytes:
-    """The bytes of ``response`` (its headers carry content-length and content-type)."""
-    head = [b"HTTP/1.1 %d %s\r\n" % (response.status_code, _PHRASES.get(response.status_code,
-                                                                       b""))]
-    head += [b"%s: %s\r\n" % pair for pair in response.raw_headers]
+def encode(response: HttpResponse, *, close: bool) -> bytes:
+    """The bytes of ``response``."""
+    head = [b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n" % (
+        response.status, _PHRASES.get(response.status, b""), response.content_type.encode(),
+        len(response.body))]
+    if response.headers:
+        head += [b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
+                 for name, value in response.headers.items()]
     if close:
         head.append(b"connection: close\r\n")
     head.append(b"\r\n")
-    return b"".join(head) + response.body
+    head.append(response.body)
+    return b"".join(head)
 
 
 def refusal(error: ServingError, *, close: bool) -> bytes:
@@ -76,19 +84,19 @@ class HttpApp:
     def max_body_bytes(self) -> int:
         return self.rest.max_request_bytes
 
-    def early(self, scope: dict[str, Any], headers: dict[str, str]) -> ServingError | None:
+    def early(self, request: HttpRequest) -> ServingError | None:
         """The error to answer with before the body is read, or None (then the request
         counts against the cap until :meth:`answer` returns)."""
-        urgent = not self.cap.crowded() or self.rest.urgent(scope, headers)
+        urgent = not self.cap.crowded() or self.rest.urgent(request)
         refused = self.cap.enter("http", urgent)
         if refused is not None:
             return refused
-        refused = self.rest.refuse_early(scope, headers)
+        refused = self.rest.refuse_early(request)
         if refused is not None:
             self.cap.leave()
         return refused
 
-    async def answer(self, request: Request) -> Response:
+    async def answer(self, request: HttpRequest) -> HttpResponse:
         try:
             return await self.rest.handle(request)
         finally:
@@ -100,21 +108,14 @@ class _Pending:
     its headers or its body's size, or the adapter's response), and whether it was written.
     Until its answer is known it holds a place under the in-flight cap."""
 
-    __slots__ = ("scope", "body", "response", "close", "answered")
+    __slots__ = ("request", "body", "response", "close", "answered")
 
-    def __init__(self, scope: dict[str, Any], close: bool) -> None:
-        self.scope = scope
-        self.body: list[bytes] = []
-        self.response: Response | ServingError | None = None
+    def __init__(self, request: HttpRequest, close: bool) -> None:
+        self.request = request
+        self.body: list[bytes] = []  # its body's parts, joined once complete
+        self.response: HttpResponse | ServingError | None = None
         self.close = close
         self.answered = False
-
-    def request(self) -> Request:
-        return Request(self.scope, self._receive)
-
-    async def _receive(self) -> dict[str, Any]:
-        # The whole body is in before the adapter runs (on_message_complete).
-        return {"type": "http.request", "body": b"".join(self.body), "more_body": False}
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -126,8 +127,7 @@ class HttpProtocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.fields: dict[str, str] = {}  # the same headers, for the early decision
+        self.headers: dict[str, str] = {}  # lowercase names; the first of repeated ones
         self.expect_continue = False
         self.current: _Pending | None = None  # the request being parsed
         self.size = 0
@@ -175,29 +175,24 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- parser callbacks
     def on_message_begin(self) -> None:
-        self.url, self.headers, self.fields, self.size, self.current = b"", [], {}, 0, None
+        self.url, self.headers, self.size, self.current = b"", {}, 0, None
         self.expect_continue = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        self.headers.append((name, value))
-        self.fields[name.decode("latin-1")] = value.decode("latin-1")
-        if name == b"expect" and value.lower() == b"100-continue":
+        key = name.decode("latin-1").lower()
+        self.headers.setdefault(key, value.decode("latin-1"))
+        if key == "expect" and value.lower() == b"100-continue":
             self.expect_continue = True
 
     def on_headers_complete(self) -> None:
-        parsed = httptools.parse_url(self.url)
-        scope: dict[str, Any] = {
-            "type": "http", "http_version": self.parser.get_http_version(),
-            "method": self.parser.get_method().decode("ascii"),
-            "path": unquote(parsed.path.decode("latin-1")), "raw_path": parsed.path,
-            "root_path": "", "query_string": parsed.query or b"", "headers": self.headers,
-        }
-        pending = self.current = _Pending(scope, not self.parser.should_keep_alive())
-        pending.response = self.app.early(scope, self.fields)
+        path = httptools.parse_url(self.url).path.decode("latin-1")
+        request = HttpRequest(self.parser.get_method().decode("ascii"),
+                              unquote(path) if "%" in path else path, self.headers)
+        pending = self.current = _Pending(request, not self.parser.should_keep_alive())
+        pending.response = self.app.early(request)
         if pending.response is not None:
             self._respond_if_first(pending)
         elif self.expect_continue:
@@ -241,10 +236,12 @@ class HttpProtocol(asyncio.Protocol):
             self._arm_idle()
 
     async def _answer(self, pending: _Pending) -> None:
+        pending.request.body = b"".join(pending.body)
+        pending.body.clear()
         try:
-            pending.response = await self.app.answer(pending.request())
+            pending.response = await self.app.answer(pending.request)
         except Exception:  # the adapter answers every error itself: this is a bug
-            logger.exception("unexpected error answering %s", pending.scope["path"])
+            logger.exception("unexpected error answering %s", pending.request.path)
             pending.response = json_response({"error": "internal error"}, 500)
         self.task = None
         self._respond(pending)
@@ -261,7 +258,7 @@ class HttpProtocol(asyncio.Protocol):
         pending.answered = True
         self._send(pending.response, close=pending.close)
 
-    def _send(self, response: Response | ServingError, *, close: bool) -> None:
+    def _send(self, response: HttpResponse | ServingError, *, close: bool) -> None:
         if isinstance(response, ServingError):
             self._write(refusal(response, close=close), close=close)
         else:

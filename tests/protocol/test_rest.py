@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 
 from serving.config import parse_gateway_config
 from serving.dataplane import DataPlane
+from serving.protocol.messages import serve_starlette
 from serving.protocol.rest import RestAdapter
 from serving.repository import load_repository
 
@@ -46,7 +47,7 @@ def client(workers: InProcessWorkers, model_repository: Path) -> Iterator[TestCl
             return
         if scope["path"] == REFRESH:
             await dataplane.fleet.refresh()
-        response = await adapter.handle(Request(scope, receive))
+        response = await serve_starlette(adapter.handle, Request(scope, receive), LIMIT)
         await response(scope, receive, send)
 
     workers.is_ready = True
