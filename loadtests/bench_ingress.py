@@ -28,15 +28,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -46,47 +43,21 @@ from loadtests.bench_slo import BEFORE  # noqa: E402
 from loadtests.harness import (  # noqa: E402
     RESULTS,
     Server,
-    cpu_s,
     free_port,
     gateway_config,
+    load_cpu,
     run_locust,
+    tree_cpu,
     worktree,
 )
 
 # All users' calls on one connection (one client process), beside "grpc" (one each).
 GRPC_ONE_CONNECTION = "grpc, 1 connection"
 
-# Process roles, by what their command line contains (first match wins).
-ROLES = (("gateway", ":Gateway"), ("worker", ":worker-"), ("proxy", "ProxyActor"),
-         ("proxy", "haproxy"), ("proxy", "HAProxy"))
-
-
-def role(cmdline: str) -> str:
-    return next((name for name, mark in ROLES if mark in cmdline), "ray")
-
-
 def server_cpu(server: Server) -> dict[str, float]:
     """CPU seconds so far of the server's processes, by role."""
     assert server.process is not None
-    root = psutil.Process(server.process.pid)
-    totals: dict[str, float] = {}
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            seconds = cpu_s(process)
-            name = role(" ".join(process.cmdline()))
-        except psutil.Error:
-            continue
-        totals[name] = totals.get(name, 0.0) + seconds
-    return totals
-
-
-def load_cpu() -> float:
-    """CPU seconds of this process and its finished children (locust)."""
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        usage = resource.getrusage(who)
-        total += usage.ru_utime + usage.ru_stime
-    return total
+    return tree_cpu(server.process.pid)
 
 
 def measured(server: Server, run: Callable[[], dict[str, float]]) -> dict[str, float]:

@@ -21,6 +21,7 @@ import contextlib
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -34,6 +35,8 @@ from loadtests.harness import (
     best_batch_rate,
     free_port,
     gateway_config,
+    load_cpu,
+    tree_cpu,
     worktree,
 )
 from loadtests.openloop import BURSTY_CV, Point, run
@@ -81,6 +84,12 @@ class TritonSystem:
     def __enter__(self) -> str:
         self.server.start()
         return f"http://{self.server.http_url}"
+
+    @property
+    def pid(self) -> int:
+        """The ``tritonserver`` process (its Python-backend stubs run below it)."""
+        assert self.server.process is not None, "not started"
+        return self.server.process.pid
 
     def __exit__(self, *exc: object) -> None:
         self.server.stop()
@@ -172,15 +181,28 @@ def drain(url: str, limit_s: float = 60.0) -> None:
         print(f"  warning: still slow {limit_s:.0f} s after the last point", flush=True)
 
 
-def sweep(url: str, rates: list[float], seconds: float, slo_s: float) -> list[Point]:
+def measured(pid: int, offer: Callable[[], Point]) -> Point:
+    """``offer()``'s point with the CPU it cost per offered request: the server's processes
+    (``pid`` and below, by role) and this process, the load generator."""
+    server, load = tree_cpu(pid), load_cpu()
+    point = offer()
+    after, spent = tree_cpu(pid), load_cpu() - load
+    offered = max(point.offered, 1)
+    point.cpu_ms = {name: (after[name] - server.get(name, 0.0)) * 1e3 / offered
+                    for name in sorted(after)}
+    point.cpu_ms["load"] = spent * 1e3 / offered
+    return point
+
+
+def sweep(url: str, pid: int, rates: list[float], seconds: float, slo_s: float) -> list[Point]:
     data, headers = body()
     target = f"{url}/v2/models/digits/infer"
     asyncio.run(run(target, data, headers, pattern="poisson", rate=50, seconds=2, slo_s=slo_s))
     points = []
     for rate in rates:
-        point = asyncio.run(
-            run(target, data, headers, pattern="poisson", rate=rate, seconds=seconds, slo_s=slo_s)
-        )
+        point = measured(pid, lambda rate=rate: asyncio.run(
+            run(target, data, headers, pattern="poisson", rate=rate, seconds=seconds,
+                slo_s=slo_s)))
         print(f"  poisson {rate:6.0f} req/s -> {point}", flush=True)
         points.append(point)
         drain(url)
@@ -225,7 +247,7 @@ def main() -> int:
                                       args.before_own_ingress).items():
             print(f"{name}:", flush=True)
             with server as url:
-                points = sweep(url, args.rates, args.seconds, slo_s)
+                points = sweep(url, server.pid, args.rates, args.seconds, slo_s)
                 if bursty_rate is None:
                     bursty_rate = max(0.8 * capacity(points), 50.0)
                 data, headers = body()
@@ -297,15 +319,19 @@ def markdown(results: dict[str, dict], slo_ms: float, bursty_rate: float) -> str
     lines += [
         "",
         "| system | offered req/s | throughput | goodput | attainment | p50 ms | p99 ms | "
-        "p99 of all answers ms |",
-        "|---|---|---|---|---|---|---|---|",
+        "p99 of all answers ms | CPU ms per request: server (by process) | load gen. |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, result in results.items():
         for p in result.get("poisson", []):
+            cpu = dict(p.get("cpu_ms", {}))
+            load = cpu.pop("load", float("nan"))
+            by_role = ", ".join(f"{role} {ms:.3f}" for role, ms in cpu.items() if ms >= 0.0005)
             lines.append(
                 f"| {name} | {p['offered_rps']:.0f} | {p['throughput_rps']:.0f} | "
                 f"{p['goodput_rps']:.0f} | {p['attainment']:.3f} | {p['p50_ms']:.0f} | "
-                f"{p['p99_ms']:.0f} | {p.get('p99_all_ms', float('nan')):.0f} |"
+                f"{p['p99_ms']:.0f} | {p.get('p99_all_ms', float('nan')):.0f} | "
+                f"{sum(cpu.values()):.3f} ({by_role}) | {load:.3f} |"
             )
     return "\n".join(lines)
 

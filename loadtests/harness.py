@@ -8,6 +8,7 @@ import csv
 import os
 import random
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -62,6 +63,40 @@ def cpu_s(process: psutil.Process) -> float:
     """User + system CPU seconds of ``process`` so far."""
     times = process.cpu_times()
     return times.user + times.system
+
+
+# Process roles, by what their command line contains (first match wins); the rest is "ray".
+ROLES = (("gateway", ":Gateway"), ("worker", ":worker-"), ("proxy", "ProxyActor"),
+         ("proxy", "haproxy"), ("proxy", "HAProxy"), ("triton", "triton"))
+
+
+def role(cmdline: str) -> str:
+    return next((name for name, mark in ROLES if mark in cmdline), "ray")
+
+
+def tree_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds so far of process ``pid`` and its descendants, by :func:`role` (a
+    process that has ended is no longer counted: read the tree around a run, not across
+    restarts)."""
+    root = psutil.Process(pid)
+    totals: dict[str, float] = {}
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            seconds = cpu_s(process)
+            name = role(" ".join(process.cmdline()))
+        except psutil.Error:
+            continue
+        totals[name] = totals.get(name, 0.0) + seconds
+    return totals
+
+
+def load_cpu() -> float:
+    """CPU seconds of this process (the load generator) and its finished children."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
 def gateway_config(port: int, models: list[str], grpc_port: int | None = None, *,
@@ -180,6 +215,12 @@ class Server:
             time.sleep(0.5)
         self.__exit__()
         raise SystemExit(f"{self.name} not ready within 180 s")
+
+    @property
+    def pid(self) -> int:
+        """The ``serving run`` process (Ray and every replica run below it)."""
+        assert self.process is not None, "not started"
+        return self.process.pid
 
     def __exit__(self, *exc: object) -> None:
         if self.process is not None:

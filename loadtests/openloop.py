@@ -9,7 +9,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import aiohttp
 
@@ -31,6 +31,9 @@ class Point:
     p99_ms: float  # of the 200s
     # Of every answer, refusals and errors included (no answer counts as the timeout).
     p99_all_ms: float = float("nan")
+    # CPU milliseconds per offered request, by process role ("load": the load generator),
+    # where the run measured them (loadtests.harness.tree_cpu).
+    cpu_ms: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
