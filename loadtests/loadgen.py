@@ -92,8 +92,15 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
+    def open(self) -> bool:
+        """Whether a request can still go on this connection (the server may have closed
+        it while it was idle)."""
+        return self.reusable and self.transport is not None and not self.transport.is_closing()
+
     def send(self, payload: bytes) -> asyncio.Future[int]:
         assert self.transport is not None
+        if self.transport.is_closing():  # uvloop raises RuntimeError on such a write
+            raise ConnectionResetError("the server closed the connection")
         self.waiter = asyncio.get_running_loop().create_future()
         self.buffer.clear()
         self.transport.write(payload)
@@ -138,7 +145,13 @@ async def _offer(url: str, body: bytes, headers: dict[str, str],
     async def one(index: int, at: float) -> None:
         due = start + at
         sent = time.monotonic()
-        status, connection = 0, idle.pop() if idle else None
+        status, connection = 0, None
+        while idle and connection is None:  # the most recently freed one still open
+            candidate = idle.pop()
+            if candidate.open():
+                connection = candidate
+            elif candidate.transport is not None:
+                candidate.transport.close()
         try:
             if connection is None:
                 _, connection = await asyncio.wait_for(
