@@ -43,32 +43,22 @@ from loadtests.bench_slo import BEFORE  # noqa: E402
 from loadtests.harness import (  # noqa: E402
     RESULTS,
     Server,
+    cpu_during,
     free_port,
     gateway_config,
-    load_cpu,
     run_locust,
-    tree_cpu,
     worktree,
 )
 
 # All users' calls on one connection (one client process), beside "grpc" (one each).
 GRPC_ONE_CONNECTION = "grpc, 1 connection"
 
-def server_cpu(server: Server) -> dict[str, float]:
-    """CPU seconds so far of the server's processes, by role."""
-    assert server.process is not None
-    return tree_cpu(server.process.pid)
-
-
 def measured(server: Server, run: Callable[[], dict[str, float]]) -> dict[str, float]:
     """``run``'s figures plus CPU milliseconds per answered request by role."""
-    before, load_before = server_cpu(server), load_cpu()
-    result = run()
-    after, load_after = server_cpu(server), load_cpu()
+    result, spent = cpu_during(server.pid, run)
     answered = max(result["requests"], 1)
-    for name in sorted(set(after) | set(before)):
-        result[f"cpu_ms_{name}"] = (after.get(name, 0) - before.get(name, 0)) * 1e3 / answered
-    result["cpu_ms_load"] = (load_after - load_before) * 1e3 / answered
+    for name, seconds in spent.items():
+        result[f"cpu_ms_{name}"] = seconds * 1e3 / answered
     return result
 
 

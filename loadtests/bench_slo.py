@@ -33,10 +33,9 @@ from loadtests.harness import (
     Server,
     app_config,
     best_batch_rate,
+    cpu_during,
     free_port,
     gateway_config,
-    load_cpu,
-    tree_cpu,
     worktree,
 )
 from loadtests.openloop import BURSTY_CV, Point, run
@@ -184,13 +183,9 @@ def drain(url: str, limit_s: float = 60.0) -> None:
 def measured(pid: int, offer: Callable[[], Point]) -> Point:
     """``offer()``'s point with the CPU it cost per offered request: the server's processes
     (``pid`` and below, by role) and this process, the load generator."""
-    server, load = tree_cpu(pid), load_cpu()
-    point = offer()
-    after, spent = tree_cpu(pid), load_cpu() - load
+    point, spent = cpu_during(pid, offer)
     offered = max(point.offered, 1)
-    point.cpu_ms = {name: (after[name] - server.get(name, 0.0)) * 1e3 / offered
-                    for name in sorted(after)}
-    point.cpu_ms["load"] = spent * 1e3 / offered
+    point.cpu_ms = {name: seconds * 1e3 / offered for name, seconds in spent.items()}
     return point
 
 

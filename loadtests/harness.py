@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import psutil
@@ -27,6 +27,7 @@ from serving import processes
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "loadtests" / "results"
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -97,6 +98,19 @@ def load_cpu() -> float:
         usage = resource.getrusage(who)
         total += usage.ru_utime + usage.ru_stime
     return total
+
+
+def cpu_during(pid: int, run: Callable[[], T]) -> tuple[T, dict[str, float]]:
+    """``run()``'s result and the CPU seconds spent meanwhile: by process ``pid`` and its
+    descendants, by :func:`role`, and as ``"load"`` by this process (the load generator)
+    and its children that finished meanwhile."""
+    server, load = tree_cpu(pid), load_cpu()
+    result = run()
+    after, load_spent = tree_cpu(pid), load_cpu() - load
+    spent = {name: after.get(name, 0.0) - server.get(name, 0.0)
+             for name in sorted(set(after) | set(server))}
+    spent["load"] = load_spent
+    return result, spent
 
 
 def gateway_config(port: int, models: list[str], grpc_port: int | None = None, *,
